@@ -1,0 +1,196 @@
+"""Batched pinhole cameras and the one place where recon's camera conventions live.
+
+Conventions (pinned by ``tests/test_cameras.py`` with hand-computed examples):
+
+* World frame: right-handed; datasets keep their own world frame, recon never re-orients it.
+* Camera frame: OpenCV -- x right, y down, z forward (the camera looks along +z).
+* ``world_to_cam [C, 4, 4]`` maps homogeneous world points to camera points: ``p_cam = R p_world + t``.
+* ``K [C, 3, 3]`` in pixels. A camera point ``(x, y, z)`` lands at pixel coordinates
+  ``u = fx x / z + cx``, ``v = fy y / z + cy``; the *center* of pixel ``(i, j)`` (column i, row j) is at
+  ``(i + 0.5, j + 0.5)``, so a centered principal point of a ``W x H`` image is ``(W / 2, H / 2)``.
+* OpenGL / Blender camera-to-world matrices (NeRF synthetic, instant-ngp, nerfstudio) have camera axes
+  x right, y up, z backward; :func:`opengl_c2w_to_world_to_cam` flips y and z.
+* COLMAP stores world-to-camera rotations as quaternions ``(qw, qx, qy, qz)`` and translations, already in
+  the OpenCV camera frame: :func:`colmap_to_world_to_cam`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Cameras",
+    "opengl_c2w_to_world_to_cam",
+    "colmap_to_world_to_cam",
+    "quat_wxyz_to_rotmat",
+    "intrinsics_matrix",
+]
+
+_OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+
+
+def quat_wxyz_to_rotmat(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices from quaternions ``q [..., 4]`` ordered (w, x, y, z); normalized first.
+
+    Returns ``[..., 3, 3]``. Raises ``ValueError`` on a wrong trailing dimension.
+    """
+    if q.shape[-1] != 4:
+        raise ValueError(f"quaternions must have shape [..., 4] (w, x, y, z), got {tuple(q.shape)}")
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def opengl_c2w_to_world_to_cam(c2w: torch.Tensor) -> torch.Tensor:
+    """OpenGL/Blender camera-to-world ``[..., 4, 4]`` (or ``[..., 3, 4]``) -> OpenCV world-to-camera ``[..., 4, 4]``."""
+    if c2w.shape[-2:] not in ((4, 4), (3, 4)):
+        raise ValueError(f"camera-to-world must have shape [..., 4, 4] or [..., 3, 4], got {tuple(c2w.shape)}")
+    c2w = c2w.to(torch.float64)
+    if c2w.shape[-2] == 3:
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype).expand(*c2w.shape[:-2], 1, 4)
+        c2w = torch.cat([c2w, bottom], dim=-2)
+    c2w_cv = c2w @ _OPENGL_TO_OPENCV.to(c2w.device)
+    return torch.linalg.inv(c2w_cv)
+
+
+def colmap_to_world_to_cam(qvec: torch.Tensor, tvec: torch.Tensor) -> torch.Tensor:
+    """COLMAP image pose (``qvec [..., 4]`` as qw, qx, qy, qz; ``tvec [..., 3]``) -> world-to-camera ``[..., 4, 4]``."""
+    rot = quat_wxyz_to_rotmat(qvec.to(torch.float64))
+    out = torch.zeros(*rot.shape[:-2], 4, 4, dtype=torch.float64)
+    out[..., :3, :3] = rot
+    out[..., :3, 3] = tvec.to(torch.float64)
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:
+    """A ``[3, 3]`` float64 pinhole matrix in pixels (pixel centers at +0.5, see module docstring)."""
+    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """A batch of ``C`` pinhole cameras sharing one image size.
+
+    Attributes:
+        world_to_cam: ``[C, 4, 4]`` OpenCV world-to-camera matrices.
+        K: ``[C, 3, 3]`` intrinsics in pixels.
+        width, height: image size in pixels.
+    """
+
+    world_to_cam: torch.Tensor
+    K: torch.Tensor
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        w2c, K = self.world_to_cam, self.K
+        if w2c.ndim != 3 or w2c.shape[-2:] != (4, 4):
+            raise ValueError(f"world_to_cam must have shape [C, 4, 4], got {tuple(w2c.shape)}")
+        if K.ndim != 3 or K.shape[-2:] != (3, 3) or K.shape[0] != w2c.shape[0]:
+            raise ValueError(f"K must have shape [C, 3, 3] with C={w2c.shape[0]}, got {tuple(K.shape)}")
+        if int(self.width) <= 0 or int(self.height) <= 0:
+            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+        if not (torch.isfinite(w2c).all() and torch.isfinite(K).all()):
+            raise ValueError("camera matrices contain NaN or Inf")
+
+    def __len__(self) -> int:
+        return self.world_to_cam.shape[0]
+
+    def __getitem__(self, idx) -> "Cameras":
+        """Index like a tensor; an integer index keeps the batch dimension (returns C = 1)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
+        return Cameras(self.world_to_cam[idx], self.K[idx], self.width, self.height)
+
+    @property
+    def device(self) -> torch.device:
+        return self.world_to_cam.device
+
+    def to(self, device=None, dtype=None) -> "Cameras":
+        """Move/cast both matrices; ``dtype`` defaults to the current one."""
+        return Cameras(self.world_to_cam.to(device=device, dtype=dtype), self.K.to(device=device, dtype=dtype),
+                       self.width, self.height)
+
+    @staticmethod
+    def cat(items: list["Cameras"]) -> "Cameras":
+        """Concatenate batches that share an image size."""
+        sizes = {(c.width, c.height) for c in items}
+        if len(sizes) != 1:
+            raise ValueError(f"cannot concatenate cameras of different image sizes: {sorted(sizes)}")
+        w, h = sizes.pop()
+        return Cameras(torch.cat([c.world_to_cam for c in items]), torch.cat([c.K for c in items]), w, h)
+
+    def cam_to_world(self) -> torch.Tensor:
+        """``[C, 4, 4]`` OpenCV camera-to-world matrices."""
+        return torch.linalg.inv(self.world_to_cam)
+
+    def centers(self) -> torch.Tensor:
+        """Camera centers in world coordinates, ``[C, 3]``."""
+        rot = self.world_to_cam[:, :3, :3]
+        t = self.world_to_cam[:, :3, 3:]
+        return -(rot.transpose(1, 2) @ t)[..., 0]
+
+    def scaled(self, factor: float) -> "Cameras":
+        """Cameras for images resized by ``factor`` (e.g. 0.25 for ``--downscale 4``).
+
+        Pixel edges scale with the image, so with +0.5 centers ``K`` rows 0-1 simply scale:
+        ``fx' = s fx``, ``cx' = s cx``. The new size is ``round(W * s)``; a non-integer ratio is absorbed
+        by scaling x and y separately so that the image edges stay fixed.
+        """
+        new_w = max(1, int(round(self.width * factor)))
+        new_h = max(1, int(round(self.height * factor)))
+        sx, sy = new_w / self.width, new_h / self.height
+        K = self.K.clone()
+        K[:, 0, :] *= sx
+        K[:, 1, :] *= sy
+        return Cameras(self.world_to_cam, K, new_w, new_h)
+
+    def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project world points ``[N, 3]`` into every camera.
+
+        Returns ``uv [C, N, 2]`` in pixel coordinates (pixel centers at +0.5) and camera-space ``z [C, N]``.
+        """
+        if points.ndim != 2 or points.shape[-1] != 3:
+            raise ValueError(f"points must have shape [N, 3], got {tuple(points.shape)}")
+        w2c = self.world_to_cam.to(points.dtype)
+        p_cam = torch.einsum("cij,nj->cni", w2c[:, :3, :3], points) + w2c[:, None, :3, 3]
+        z = p_cam[..., 2]
+        K = self.K.to(points.dtype)
+        uv = torch.einsum("cij,cnj->cni", K[:, :2, :], p_cam / z[..., None])
+        return uv, z
+
+    def rays(self, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """World-space rays through pixel centers.
+
+        Args:
+            pixels: optional ``[C, P, 2]`` pixel coordinates (continuous; a pixel center is ``i + 0.5``).
+                Default: every pixel center, giving ``P = H * W`` in row-major order.
+        Returns:
+            ``origins [C, P, 3]`` and unit ``directions [C, P, 3]``. Note that the distance along a unit
+            direction differs from camera-space z; ``z = t * (d . forward)``.
+        """
+        C = len(self)
+        K = self.K
+        if pixels is None:
+            ys, xs = torch.meshgrid(torch.arange(self.height, dtype=K.dtype, device=K.device) + 0.5,
+                                    torch.arange(self.width, dtype=K.dtype, device=K.device) + 0.5, indexing="ij")
+            pixels = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2).expand(C, -1, -1)
+        elif pixels.ndim != 3 or pixels.shape[0] != C or pixels.shape[-1] != 2:
+            raise ValueError(f"pixels must have shape [C={C}, P, 2], got {tuple(pixels.shape)}")
+        pixels = pixels.to(K.dtype)
+        x = (pixels[..., 0] - K[:, None, 0, 2]) / K[:, None, 0, 0]
+        y = (pixels[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
+        d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)
+        c2w = self.cam_to_world().to(K.dtype)
+        d_world = torch.einsum("cij,cpj->cpi", c2w[:, :3, :3], d_cam)
+        d_world = d_world / d_world.norm(dim=-1, keepdim=True)
+        origins = c2w[:, None, :3, 3].expand_as(d_world)
+        return origins, d_world

@@ -1,0 +1,90 @@
+"""The renderer interface shared by all scene representations (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+from recon.cameras import Cameras
+
+Channel = Literal["rgb", "alpha", "depth", "normal"]
+
+
+@dataclass(frozen=True)
+class GaussianSettings:
+    """Gaussian-specific render settings."""
+
+    sh_degree: int | None = None
+    """SH degree to evaluate (None: the scene's active degree)."""
+    near: float = 0.01
+    """Gaussians closer than this camera-space z are culled."""
+    eps2d: float = 0.3
+    """Isotropic dilation (pixels^2) added to every projected 2D covariance, as in 3DGS."""
+    tile_size: int = 16
+    """Tile edge in pixels for binning."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How to render. Frozen: a new feature adds a field here, not a positional argument."""
+
+    background: tuple[float, float, float] | torch.Tensor | None = None
+    """Linear RGB background ``[3]`` composited behind the scene; None means black."""
+    channels: tuple[Channel, ...] = ("rgb", "alpha", "depth")
+    """Which outputs to produce."""
+    backend: str = "auto"
+    """Implementation: "auto", or a backend name of the scene's family ("torch", "cpu", "gsplat", ...)."""
+    gaussians: GaussianSettings = field(default_factory=GaussianSettings)
+
+
+@dataclass
+class RenderOutput:
+    """Rendered images for ``C`` cameras, all NHWC float32, linear.
+
+    rgb ``[C, H, W, 3]`` composited over the background; alpha ``[C, H, W, 1]`` coverage;
+    depth ``[C, H, W, 1]`` expected camera-space z of the visible surface (sum of w_i z_i divided by alpha,
+    0 where alpha is 0); normal ``[C, H, W, 3]`` world-space (when the representation has one);
+    gbuffer: named material channels; aux: backend extras typed per family (e.g. the 2D means the
+    Gaussian densification reads, see ``recon.renderers.gaussians.GaussianAux``).
+    """
+
+    rgb: torch.Tensor | None = None
+    alpha: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+    normal: torch.Tensor | None = None
+    gbuffer: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux: object | None = None
+
+
+RenderFn = Callable[[object, Cameras, RenderSettings], RenderOutput]
+_REGISTRY: dict[type, RenderFn] = {}
+
+
+def register_renderer(scene_type: type) -> Callable[[RenderFn], RenderFn]:
+    """Decorator: register ``fn(scene, cameras, settings) -> RenderOutput`` for ``scene_type``."""
+
+    def deco(fn: RenderFn) -> RenderFn:
+        _REGISTRY[scene_type] = fn
+        return fn
+
+    return deco
+
+
+def render(scene, cameras: Cameras, settings: RenderSettings | None = None) -> RenderOutput:
+    """Render ``scene`` from every camera in ``cameras``. Differentiable w.r.t. the scene's parameters.
+
+    Raises ``TypeError`` for a scene type no renderer is registered for.
+    """
+    settings = settings or RenderSettings()
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"cameras must be recon.cameras.Cameras, got {type(cameras).__name__}")
+    # Importing the families registers them; done lazily so `import recon.renderers` stays light.
+    import recon.renderers.gaussians  # noqa: F401
+
+    for klass in type(scene).__mro__:
+        if klass in _REGISTRY:
+            return _REGISTRY[klass](scene, cameras, settings)
+    raise TypeError(f"no renderer registered for scene type {type(scene).__name__}; "
+                    f"known: {sorted(k.__name__ for k in _REGISTRY)}")
