@@ -1,0 +1,102 @@
+"""Quality benchmark: train presets, record test PSNR against training time, peak memory; JSON + plot.
+
+    python bench/train.py --out bench/results/train.json [--scenes sample,bob_field,fox] [--eval-every 500]
+
+Each scene runs `recon train --config configs/gaussians-<scene>.yaml` in its own process (peak RSS is that
+process's maximum resident set, from wait4). The preset's data path is resolved against RECON_TEST_DATA for the
+shared datasets. Extra `recon train` options after `--` are passed to every run (e.g. `-- --max-steps 500`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = {"bob_field": "synthetic/bob_field", "armadillo_field": "synthetic/armadillo_field", "fox": "fox"}
+# Acceptance targets from the issue: (min test PSNR dB, max training seconds, max peak RSS MB or None)
+TARGETS = {"sample": (25.0, 300, None), "bob_field": (33.0, 600, 4096), "fox": (25.0, 900, None)}
+
+
+def run_scene(scene: str, out_root: Path, eval_every: int, extra: list[str]) -> dict:
+    data_root = Path(os.environ.get("RECON_TEST_DATA", REPO.parent / "shared" / "data"))
+    run_dir = out_root / f"gaussians-{scene}"
+    cmd = [sys.executable, "-m", "recon.cli", "train", "--config", str(REPO / "configs" / f"gaussians-{scene}.yaml"),
+           "--output", str(run_dir), "--eval-every", str(eval_every), "--no-progress"]
+    if scene in SHARED:
+        cmd += ["--data", str(data_root / SHARED[scene])]
+    cmd += extra
+    print("bench:", " ".join(cmd), flush=True)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: training {scene} failed (exit {os.waitstatus_to_exitcode(status)})")
+    summary = json.loads((run_dir / "eval.json").read_text())
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [{"step": c["step"], "train_seconds": c["train_seconds"], "psnr": c["eval_psnr"]}
+             for c in curve if "eval_psnr" in c]
+    curve.append({"step": summary["step"], "train_seconds": summary["train_seconds"], "psnr": summary["psnr"]})
+    result = {"scene": scene, "psnr": summary["psnr"], "ssim": summary["ssim"],
+              "num_gaussians": summary["num_gaussians"], "train_seconds": summary["train_seconds"],
+              "wall_seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              "command": " ".join(cmd), "curve": curve}
+    if scene in TARGETS:
+        min_psnr, max_s, max_mb = TARGETS[scene]
+        result["target"] = {"min_psnr": min_psnr, "max_train_seconds": max_s, "max_peak_rss_mb": max_mb}
+        result["meets_target"] = bool(summary["psnr"] >= min_psnr and wall <= max_s
+                                      and (max_mb is None or result["peak_rss_mb"] <= max_mb))
+    print(f"bench: {scene}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, "
+          f"{result['num_gaussians']} Gaussians, train {result['train_seconds']:.0f} s (wall {wall:.0f} s), "
+          f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    return result
+
+
+def plot(results: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib not installed; no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        xs = [c["train_seconds"] / 60 for c in r["curve"]]
+        ax.plot(xs, [c["psnr"] for c in r["curve"]], marker="o", label=r["scene"])
+        if "target" in r:
+            ax.axhline(r["target"]["min_psnr"], ls=":", color=ax.lines[-1].get_color())
+    ax.set_xlabel("training time (min, 2 CPU cores)")
+    ax.set_ylabel("test PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"bench: wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scenes", default="sample,bob_field,fox")
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--runs", type=Path, default=None, help="where run directories go (default: next to --out)")
+    args, extra = parser.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    out_root = args.runs or args.out.parent / "runs"
+    results = [run_scene(s, out_root, args.eval_every, extra) for s in args.scenes.split(",")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"results": results, "cpu_count": os.cpu_count()}, indent=1))
+    print(f"bench: wrote {args.out}")
+    plot(results, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The ``recon`` command line: train, eval, render, export (tyro builds each from a dataclass)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import tyro
+
+from recon.train.config import METHODS, load_config_file, validate
+
+USAGE = """usage: recon {train,eval,render,export} ...
+
+  recon train [gaussians] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon eval RUN | --scene FILE --data DIR
+  recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
+  recon render --scene FILE --data DIR [--split test] [--out DIR]
+  recon export RUN --format ply --out FILE
+
+Run `recon <command> --help` for every option with its default."""
+
+
+@dataclass
+class SourceArgs:
+    """Where the scene comes from: a run directory, or a scene file with a dataset."""
+
+    run: tyro.conf.Positional[Path | None] = None
+    """Run directory written by `recon train`."""
+    scene: Path | None = None
+    """A scene file instead of a run (a standard 3DGS .ply)."""
+    data: Path | None = None
+    """Dataset for the cameras (default: the run's dataset)."""
+    data_format: Literal["auto", "blender", "ngp", "colmap"] = "auto"
+    """Dataset format when --data is given."""
+    downscale: int | None = None
+    """Downscale factor (default: the run's)."""
+    background: Literal["auto", "white", "black"] = "auto"
+    """Background for RGBA datasets."""
+    backend: str = "auto"
+    """Rasterizer backend."""
+    device: str = "auto"
+    """Torch device."""
+
+
+@dataclass
+class EvalArgs(SourceArgs):
+    """Evaluate a trained run (or a scene file) on the test split; prints and writes eval.json."""
+
+    out: Path | None = None
+    """Where to write eval.json (default: RUN/eval.json, or ./eval.json for a scene file)."""
+
+
+@dataclass
+class RenderArgs(SourceArgs):
+    """Render frames from dataset cameras or an orbit."""
+
+    split: Literal["test", "train"] = "test"
+    """Dataset split whose cameras are rendered (with --path test)."""
+    path: Literal["test", "orbit"] = "test"
+    """Camera path: the split's cameras, or an orbit around the scene."""
+    channels: str = "rgb"
+    """Comma-separated outputs: rgb, depth (<name>_depth.npy, float32 camera z, 0 where empty), alpha."""
+    out: Path | None = None
+    """Output folder (default: RUN/renders/<path>)."""
+    frames: int = 60
+    """Number of orbit frames."""
+    fps: int = 30
+    """Frames per second of the orbit mp4 (written when imageio-ffmpeg is installed)."""
+
+
+@dataclass
+class ExportArgs(SourceArgs):
+    """Export a trained scene."""
+
+    format: Literal["ply"] = "ply"
+    """File format: ply (standard 3DGS layout)."""
+    out: Path | None = None
+    """Output file (default: RUN/exports/scene.<format>)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    commands = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "export": cmd_export}
+    if argv[0] not in commands:
+        print(f"recon: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[0]](argv[1:]) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"recon: error: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        if type(err).__name__ == "TrainingError":
+            print(f"recon: error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _pop_option(args: list[str], name: str) -> str | None:
+    """Remove ``--name VALUE`` or ``--name=VALUE`` from args; return VALUE."""
+    for i, a in enumerate(args):
+        if a == name:
+            if i + 1 >= len(args):
+                raise ValueError(f"{name} needs a value")
+            value = args[i + 1]
+            del args[i : i + 2]
+            return value
+        if a.startswith(name + "="):
+            del args[i]
+            return a.split("=", 1)[1]
+    return None
+
+
+def cmd_train(args: list[str]) -> int:
+    from recon.train.trainer import Trainer, default_run_dir
+
+    method = "gaussians"
+    if args and args[0] in METHODS:
+        method = args.pop(0)
+    config_file = _pop_option(args, "--config")
+    resume = _pop_option(args, "--resume")
+    default = METHODS[method]()
+    if resume is not None:
+        method, default = load_config_file(Path(resume) / "config.yaml")
+        default = replace(default, output=Path(resume))
+    elif config_file is not None:
+        method, default = load_config_file(Path(config_file))
+    desc = (f"Train {method}. Also: --config PRESET.yaml loads a preset (configs/*.yaml) that the options below "
+            "override; --resume RUN continues a run from its last checkpoint.")
+    cfg = tyro.cli(METHODS[method], args=args, default=default, prog=f"recon train {method}", description=desc)
+    validate(cfg)
+    run_dir = cfg.output or default_run_dir(method, cfg.data)
+    trainer = Trainer(cfg, run_dir, resume=resume is not None)
+    summary = trainer.train()
+    print(f"recon: {run_dir}: test PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}, "
+          f"{summary['num_gaussians']} Gaussians, {summary['train_seconds']:.0f} s training")
+    print(f"recon: exported {run_dir / 'exports' / 'scene.ply'}")
+    return 0
+
+
+def _load_source(src: SourceArgs, need_data: bool):
+    """-> (scene, data or None, run_dir or None, run config or None)."""
+    from recon.data.load import load_dataset
+    from recon.export.scenes import load_scene_file
+    from recon.train.trainer import resolve_data_path
+
+    if (src.run is None) == (src.scene is None):
+        raise ValueError("give exactly one of RUN (a run directory) or --scene FILE")
+    cfg = None
+    if src.run is not None:
+        _, cfg = load_config_file(Path(src.run) / "config.yaml")
+        scene = load_run_scene(Path(src.run))
+    else:
+        scene = load_scene_file(src.scene)
+    data = None
+    if need_data:
+        if src.data is None and cfg is None:
+            raise ValueError("--scene needs --data DATASET for the cameras")
+        path = resolve_data_path(src.data if src.data is not None else cfg.data)
+        downscale = src.downscale if src.downscale is not None else (cfg.downscale if cfg else 1)
+        background = None if src.background == "auto" else src.background
+        if background is None and cfg is not None and cfg.background != "auto":
+            background = cfg.background
+        data = load_dataset(path, format=src.data_format if src.data else (cfg.data_format if cfg else "auto"),
+                            downscale=downscale, test_every=cfg.test_every if cfg else 8,
+                            skip_missing_images=cfg.skip_missing_images if cfg else False, background=background)
+    from recon.train.trainer import resolve_device
+
+    return scene.to(resolve_device(src.device)), data, (Path(src.run) if src.run else None), cfg
+
+
+def load_run_scene(run_dir: Path):
+    """The scene of a run: its latest checkpoint, else its exported PLY."""
+    from recon.export.scenes import load_scene_file
+    from recon.scenes.gaussians import GaussianScene
+    from recon.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        return GaussianScene.from_state(load_checkpoint(ckpt)["scene"], source=str(ckpt))
+    ply = run_dir / "exports" / "scene.ply"
+    if ply.is_file():
+        return load_scene_file(ply)
+    raise FileNotFoundError(f"{run_dir}: no checkpoint in checkpoints/ and no exports/scene.ply")
+
+
+def _settings(src: SourceArgs, background: torch.Tensor):
+    from recon.renderers import RenderSettings
+
+    return RenderSettings(background=background, backend=src.backend)
+
+
+def cmd_eval(args: list[str]) -> int:
+    from recon.evaluate import evaluate_split
+    from recon.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint
+
+    a = tyro.cli(EvalArgs, args=args, prog="recon eval")
+    scene, data, run_dir, cfg = _load_source(a, need_data=True)
+    bg = torch.tensor(data.background, dtype=torch.float32, device=scene.means.device)
+    from recon.evaluate import alpha_is_mask
+
+    summary = evaluate_split(scene, data.test, bg, _settings(a, bg),
+                             mask=alpha_is_mask(cfg.alpha_mode if cfg else "auto", data.format))
+    train_seconds = None
+    if run_dir is not None and latest_checkpoint(run_dir) is not None:
+        train_seconds = load_checkpoint(latest_checkpoint(run_dir)).get("train_seconds")
+    summary.update(num_gaussians=len(scene), train_seconds=train_seconds)
+    for v in summary["views"]:
+        print(f"  {v['name']:>20s}  PSNR {v['psnr']:6.2f}  SSIM {v['ssim']:.4f}")
+    print(f"recon eval: mean PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} over {len(summary['views'])} "
+          f"views, {len(scene)} Gaussians")
+    out = a.out or ((run_dir / "eval.json") if run_dir else Path("eval.json"))
+    atomic_write_text(out, json.dumps(summary, indent=1))
+    print(f"recon eval: wrote {out}")
+    return 0
+
+
+def orbit_cameras(cameras, frames: int):
+    """``frames`` cameras on a circle around the look-at center, at the mean height/distance of ``cameras``,
+    keeping the first camera's intrinsics. The orbit axis is the mean camera up vector."""
+    from recon.cameras import Cameras
+    from recon.train.init import look_at_center
+
+    center = look_at_center(cameras).double()
+    c2w = cameras.cam_to_world().double()
+    up = -c2w[:, :3, 1].mean(0)
+    up = up / up.norm()
+    offsets = c2w[:, :3, 3] - center
+    height = (offsets @ up).mean()
+    radial = offsets - (offsets @ up)[:, None] * up
+    radius = radial.norm(dim=-1).mean()
+    e1 = radial[0] / radial[0].norm()
+    e2 = torch.cross(up, e1, dim=0)
+    w2cs = []
+    for t in torch.linspace(0, 2 * math.pi, frames + 1, dtype=torch.float64)[:-1]:
+        eye = center + height * up + radius * (torch.cos(t) * e1 + torch.sin(t) * e2)
+        fwd = (center - eye) / (center - eye).norm()
+        right = torch.cross(fwd, up, dim=0)
+        right = right / right.norm()
+        down = torch.cross(fwd, right, dim=0)
+        m = torch.eye(4, dtype=torch.float64)
+        m[:3, :3] = torch.stack([right, down, fwd], dim=1)
+        m[:3, 3] = eye
+        w2cs.append(torch.linalg.inv(m))
+    K = cameras.K[:1].double().expand(frames, 3, 3)
+    return Cameras(torch.stack(w2cs).float(), K.float(), cameras.width, cameras.height)
+
+
+def cmd_render(args: list[str]) -> int:
+    import numpy as np
+
+    from recon.data.io import write_png
+    from recon.renderers import render
+
+    a = tyro.cli(RenderArgs, args=args, prog="recon render")
+    channels = [c.strip() for c in a.channels.split(",") if c.strip()]
+    bad = sorted(set(channels) - {"rgb", "depth", "alpha"})
+    if bad or not channels:
+        raise ValueError(f"--channels takes a comma-separated subset of rgb,depth,alpha; got {a.channels!r}")
+    scene, data, run_dir, _ = _load_source(a, need_data=True)
+    split = data.test if a.split == "test" else data.train
+    if a.path == "test":
+        cams, names = split.cameras, split.names
+    else:
+        cams = orbit_cameras(data.train.cameras, a.frames)
+        names = [f"orbit_{i:04d}" for i in range(a.frames)]
+    out_dir = a.out or ((run_dir / "renders" / a.path) if run_dir else Path("renders") / a.path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = scene.means.device
+    bg = torch.tensor(data.background, dtype=torch.float32, device=device)
+    settings = _settings(a, bg)
+    frames = []
+    with torch.no_grad():
+        for i, name in enumerate(names):
+            out = render(scene, cams[i].to(device), settings)
+            rgb = out.rgb[0].clamp(0, 1).cpu().numpy()
+            if "rgb" in channels:
+                write_png(out_dir / f"{name}.png", rgb)
+            if "depth" in channels:
+                np.save(out_dir / f"{name}_depth.npy", out.depth[0, ..., 0].cpu().numpy().astype(np.float32))
+            if "alpha" in channels:
+                write_png(out_dir / f"{name}_alpha.png", out.alpha[0].expand(-1, -1, 3).cpu().numpy())
+            frames.append((rgb * 255 + 0.5).astype(np.uint8))
+    print(f"recon render: wrote {len(names)} frames to {out_dir}")
+    if a.path == "orbit":
+        _write_video(out_dir / "orbit.mp4", frames, a.fps)
+    return 0
+
+
+def _write_video(path: Path, frames: list, fps: int) -> None:
+    try:
+        import imageio_ffmpeg  # noqa: F401
+        import imageio.v2 as imageio
+    except ImportError:
+        print("recon render: imageio-ffmpeg is not installed (pip install 'recon[video]'); frames only")
+        return
+    even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]
+    imageio.mimwrite(path, even, fps=fps, macro_block_size=1)
+    print(f"recon render: wrote {path}")
+
+
+def cmd_export(args: list[str]) -> int:
+    from recon.export.scenes import export_scene
+
+    a = tyro.cli(ExportArgs, args=args, prog="recon export")
+    scene, _, run_dir, _ = _load_source(a, need_data=False)
+    out = a.out or ((run_dir / "exports" / f"scene.{a.format}") if run_dir else None)
+    if out is None:
+        raise ValueError("--out FILE is required when exporting a --scene file")
+    export_scene(scene.cpu(), a.format, out)
+    print(f"recon export: wrote {out} ({len(scene)} Gaussians)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Image I/O, sRGB transfer functions, and the frame -> :class:`Split` assembly shared by every loader.
+
+* :func:`read_image` returns pixel data *as stored* (no EXIF rotation: calibrations such as COLMAP's are made on
+  the stored pixel grid): 8/16-bit PNG and JPG scaled to [0, 1]; ``.hdr`` (Radiance RGBE, own reader) and
+  ``.exr`` (through imageio, when a backend is installed) as linear float.
+* :func:`write_png` writes 8-bit PNGs atomically (temp file in the same folder, then ``os.replace``).
+* :class:`Frame` is one parsed, not yet decoded view; :func:`frames_to_split` decodes, checks, undistorts and
+  downscales a list of them into a :class:`~recon.data.dataset.Split`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from recon.cameras import Cameras
+from recon.fileio import atomic_write_bytes
+from recon.data.dataset import Split
+from recon.data.undistort import Distortion, undistort_planar, undistortion_grid
+
+__all__ = [
+    "read_image", "write_png", "image_size", "srgb_to_linear", "linear_to_srgb",
+    "Frame", "resolve_image_path", "drop_missing", "holdout_every", "frames_to_split", "resolve_background",
+]
+
+SKIP_HINT = "pass --skip-missing-images (config skip_missing_images: true) to drop frames without images"
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as float32 ``[H, W, C]`` (C = 1, 2, 3 or 4; gray, gray+alpha, RGB, RGBA).
+
+    LDR files are scaled to [0, 1] by their bit depth and stay in their stored (usually sRGB) encoding;
+    ``.hdr`` / ``.exr`` are linear float. Raises ``FileNotFoundError`` for a missing file and ``ValueError``
+    naming the file when it cannot be decoded; ``RuntimeError`` saying what to install when no EXR backend exists.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".hdr":
+            return _read_hdr(path)
+        if suffix == ".exr":
+            return _read_exr(path)
+        if suffix == ".png" and _png_header(path)[:2] in ((16, 2), (16, 4), (16, 6)):
+            return _read_png16(path)  # Pillow truncates 16-bit color PNGs to 8 bits
+        return _read_pillow(path)
+    except (ValueError, RuntimeError) as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+    except (OSError, SyntaxError, IndexError, KeyError, zlib.error, struct.error) as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image, reading only its header where Pillow can."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError):
+        arr = read_image(path)
+        return arr.shape[1], arr.shape[0]
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("RGB" if mode != "1" else "L")
+        elif mode == "PA":
+            im = im.convert("RGBA")
+        arr = np.asarray(im)
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype.kind in "ui":  # "I;16" and friends: 16-bit gray
+        out = arr.astype(np.float32) / 65535.0
+    else:
+        out = arr.astype(np.float32)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def _png_header(path: Path) -> tuple[int, int, int]:
+    """(bit depth, color type, interlace) from the IHDR chunk."""
+    with open(path, "rb") as f:
+        head = f.read(29)
+    if len(head) < 29 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError("not a PNG file (bad signature or IHDR)")
+    return head[24], head[25], head[28]
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """Minimal decoder for non-interlaced 16-bit gray+alpha / RGB / RGBA PNGs."""
+    data = path.read_bytes()
+    pos, idat = 8, []
+    width = height = 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, _, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if interlace:
+        raise ValueError("interlaced 16-bit PNGs are not supported")
+    channels = {2: 3, 4: 2, 6: 4}[ctype]
+    bpp, stride = 2 * channels, 2 * channels * width
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    if raw.size != height * (stride + 1):
+        raise ValueError(f"truncated PNG data: {raw.size} bytes, expected {height * (stride + 1)}")
+    raw = raw.reshape(height, stride + 1)
+    out = np.empty((height, stride), np.uint8)
+    prev = np.zeros(stride, np.int32)
+    for j in range(height):
+        kind, line = raw[j, 0], raw[j, 1:].astype(np.int32)
+        if kind == 0:
+            cur = line
+        elif kind == 1:  # Sub: running sum per byte lane, mod 256
+            cur = np.cumsum(line.reshape(-1, bpp), axis=0).reshape(-1) & 0xFF
+        elif kind == 2:
+            cur = (line + prev) & 0xFF
+        elif kind in (3, 4):  # Average / Paeth depend on the decoded left pixel: sequential along the row
+            cur = line.copy()
+            for i in range(0, stride, bpp):
+                left = cur[i - bpp:i] if i else np.zeros(bpp, np.int32)
+                up = prev[i:i + bpp]
+                if kind == 3:
+                    pred = (left + up) >> 1
+                else:
+                    ul = prev[i - bpp:i] if i else np.zeros(bpp, np.int32)
+                    p = left + up - ul
+                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - ul)
+                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
+                cur[i:i + bpp] = (cur[i:i + bpp] + pred) & 0xFF
+        else:
+            raise ValueError(f"bad PNG filter type {kind} in row {j}")
+        out[j] = cur
+        prev = cur
+    arr = out.view(">u2").reshape(height, width, channels)
+    return arr.astype(np.float32) / 65535.0
+
+
+def _read_hdr(path: Path) -> np.ndarray:
+    """Radiance RGBE (.hdr): flat or new-style run-length encoded scanlines, ``-Y H +X W`` orientation."""
+    data = path.read_bytes()
+    if not (data.startswith(b"#?RADIANCE") or data.startswith(b"#?RGBE")):
+        raise ValueError("not a Radiance HDR file (missing '#?RADIANCE' / '#?RGBE' signature)")
+    end = data.find(b"\n\n")
+    if end < 0:
+        raise ValueError("truncated HDR header")
+    header = data[:end].decode("ascii", "replace")
+    if "FORMAT=" in header and "32-bit_rle_rgbe" not in header:
+        raise ValueError("only FORMAT=32-bit_rle_rgbe is supported")
+    nl = data.find(b"\n", end + 2)
+    m = re.fullmatch(r"-Y (\d+) \+X (\d+)", data[end + 2:nl].decode("ascii", "replace").strip())
+    if not m:
+        raise ValueError(f"unsupported HDR resolution line {data[end + 2:nl]!r} (expected '-Y H +X W')")
+    height, width = int(m.group(1)), int(m.group(2))
+    buf, pos = memoryview(data), nl + 1
+    out = np.empty((height, width, 4), np.uint8)
+    for j in range(height):
+        if 8 <= width < 32768 and data[pos:pos + 2] == b"\x02\x02" and (data[pos + 2] << 8 | data[pos + 3]) == width:
+            pos += 4
+            for c in range(4):
+                row, i = out[j, :, c], 0
+                while i < width:
+                    if pos >= len(data):
+                        raise ValueError(f"truncated HDR data in scanline {j}")
+                    count = data[pos]
+                    if count > 128:
+                        count -= 128
+                        row[i:i + count] = data[pos + 1]
+                        pos += 2
+                    else:
+                        if count == 0 or i + count > width:
+                            raise ValueError(f"corrupt HDR run in scanline {j}")
+                        row[i:i + count] = np.frombuffer(buf[pos + 1:pos + 1 + count], np.uint8)
+                        pos += 1 + count
+                    i += count
+        else:  # flat scanline
+            if pos + 4 * width > len(data):
+                raise ValueError(f"truncated HDR data in scanline {j}")
+            out[j] = np.frombuffer(buf[pos:pos + 4 * width], np.uint8).reshape(width, 4)
+            pos += 4 * width
+    exponent = out[..., 3:].astype(np.int32)
+    scale = np.where(exponent > 0, np.ldexp(1.0, exponent - 136), 0.0).astype(np.float32)
+    return out[..., :3].astype(np.float32) * scale
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    try:
+        with warnings.catch_warnings():  # imageio's plugin probing emits deprecation noise for unrelated plugins
+            warnings.simplefilter("ignore", DeprecationWarning)
+            arr = iio.imread(path)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        raise RuntimeError(
+            f"cannot read {path}: no EXR backend is available to imageio ({e.__class__.__name__}). Install one, e.g. "
+            "`pip install imageio[freeimage]` and `python -c \"import imageio; imageio.plugins.freeimage.download()\"`,"
+            " or use a .hdr version of the file") from e
+    arr = np.asarray(arr, dtype=np.float32)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def write_png(path: str | os.PathLike, image) -> None:
+    """Write ``image [H, W, 3|4]`` (or ``[H, W]`` / ``[H, W, 1]``) float in [0, 1] (clipped) as an 8-bit PNG.
+
+    Accepts numpy arrays or torch tensors; uint8 input is written unchanged. Atomic: a temp file in the same
+    folder is renamed over ``path``, so readers never see a half-written file.
+    """
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
+        raise ValueError(f"image must have shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.round(np.clip(np.nan_to_num(arr.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------- color
+
+def srgb_to_linear(x):
+    """Exact piecewise sRGB decoding (IEC 61966-2-1): ``x / 12.92`` below 0.04045, else ``((x + 0.055) / 1.055)^2.4``.
+
+    Works on numpy arrays and torch tensors (dtype and device kept; gradients finite everywhere).
+    """
+    if isinstance(x, torch.Tensor):
+        return torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
+    x = np.asarray(x)
+    return np.where(x <= 0.04045, x / 12.92, ((np.maximum(x, 0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x):
+    """Exact piecewise sRGB encoding: ``12.92 x`` below 0.0031308, else ``1.055 x^(1/2.4) - 0.055``."""
+    if isinstance(x, torch.Tensor):
+        return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+    x = np.asarray(x)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.maximum(x, 0.0031308) ** (1 / 2.4) - 0.055)
+
+
+# ----------------------------------------------------------------------------------------------- frames
+
+@dataclass
+class Frame:
+    """One parsed view, before its image is decoded.
+
+    Attributes:
+        name: unique frame name (file stem).
+        image_path: absolute path of the image file.
+        world_to_cam: ``[4, 4]`` float64 OpenCV world-to-camera.
+        K: ``[3, 3]`` float64 intrinsics of the stored (distorted) image; undistortion keeps them.
+        width, height: the image size the metadata promises.
+        distortion: lens distortion to remove at load, or None for a pinhole.
+        source: where the metadata came from, for error messages (e.g. "transforms.json frame 3").
+    """
+
+    name: str
+    image_path: Path
+    world_to_cam: torch.Tensor
+    K: torch.Tensor
+    width: int
+    height: int
+    distortion: Distortion | None = None
+    source: str = ""
+
+
+def resolve_image_path(base: Path, file_path: str, extensions: tuple[str, ...] = (".png",)) -> Path:
+    """``base / file_path``; a path without an extension gets the first of ``extensions`` that exists."""
+    path = (base / file_path).resolve()
+    if path.suffix == "" or path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".exr", ".hdr", ".bmp", ".tif",
+                                                        ".tiff", ".webp"}:
+        for ext in extensions:
+            candidate = path.with_name(path.name + ext)
+            if candidate.exists():
+                return candidate
+        return path.with_name(path.name + extensions[0])
+    return path
+
+
+def drop_missing(frames: list[Frame], *, skip: bool, root: Path, source: str) -> list[Frame]:
+    """Frames whose image exists. Missing images raise ``FileNotFoundError`` (listing the first few and the count)
+    unless ``skip``, in which case they are dropped with one warning."""
+    missing = [f for f in frames if not f.image_path.is_file()]
+    if not missing:
+        return frames
+    names = [_rel(f.image_path, root) for f in missing]
+    listed = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    if not skip:
+        raise FileNotFoundError(f"{len(missing)} of {len(frames)} images listed in {source} are missing: {listed}; "
+                                f"{SKIP_HINT}")
+    warnings.warn(f"dropping {len(missing)} of {len(frames)} frames of {source} whose images are missing: {listed}",
+                  stacklevel=3)
+    return [f for f in frames if f.image_path.is_file()]
+
+
+def holdout_every(frames: list, test_every: int) -> tuple[list, list]:
+    """``(train, test)``: items at indices 0, n, 2n, ... go to test, the rest to train (order kept)."""
+    if int(test_every) < 2:
+        raise ValueError(f"test_every must be an integer >= 2, got {test_every}")
+    test = frames[::test_every]
+    train = [f for i, f in enumerate(frames) if i % test_every != 0]
+    return train, test
+
+
+def resolve_background(background, default: tuple[float, float, float]) -> tuple[float, float, float]:
+    """``None`` -> ``default``; "white" / "black"; or three floats in [0, 1]."""
+    if background is None:
+        return tuple(float(c) for c in default)
+    if isinstance(background, str):
+        named = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+        if background not in named:
+            raise ValueError(f"background must be 'white', 'black' or 3 floats in [0, 1], got {background!r}")
+        return named[background]
+    values = tuple(float(c) for c in background)
+    if len(values) != 3 or not all(0.0 <= c <= 1.0 for c in values):
+        raise ValueError(f"background must be 3 floats in [0, 1], got {background!r}")
+    return values
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# The per-image pipeline below works on channel-first planes [4, H, W] (contiguous ops on large photos) and in
+# numpy where it can: many small torch ops each enter an OpenMP parallel region, which is slow when the cores are
+# oversubscribed (e.g. by a concurrent compile or training run).
+
+def _to_planar_rgba(arr: np.ndarray) -> np.ndarray:
+    """``[H, W, C]`` gray / gray+alpha / RGB / RGBA -> ``[4, H, W]`` float32 clipped to [0, 1]."""
+    C = arr.shape[-1]
+    out = np.ones((4,) + arr.shape[:2], np.float32)
+    for c in range(3):
+        out[c] = arr[..., c if C >= 3 else 0]
+    if C in (2, 4):
+        out[3] = arr[..., -1]
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _downscale(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-average planar ``[4, H, W]`` to ``[4, height, width]``, premultiplied so that the color of transparent
+    pixels does not bleed into the edges. Integer ratios average n x n blocks; others use Pillow's BOX filter
+    (exact area weights per output pixel)."""
+    H, W = rgba.shape[1:]
+    opaque = bool((rgba[3] == 1).all())
+    premul = rgba
+    if not opaque:
+        premul = rgba.copy()
+        premul[:3] *= premul[3]
+    if H % height == 0 and W % width == 0 and H // height == W // width:
+        n = H // height
+        out = premul.reshape(4, height, n, width, n).sum(axis=4).sum(axis=2) / np.float32(n * n)
+    else:
+        out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(premul[c])).resize((width, height), Image.BOX))
+                        for c in range(4)]).astype(np.float32)
+    if opaque:
+        return out
+    a = out[3]
+    out[:3] = np.divide(out[:3], a, out=np.zeros_like(out[:3]), where=a > 1e-6)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def frames_to_split(frames: list[Frame], downscale: int = 1, root: Path | None = None,
+                    grids: dict | None = None) -> Split:
+    """Decode, check, undistort (to a pinhole with the same K) and downscale ``frames`` into a :class:`Split`.
+
+    All frames must share one image size. Images come back ``[C, H, W, 4]`` float32 in [0, 1], cameras float32
+    with ``K`` scaled by :meth:`Cameras.scaled`. Raises ``ValueError`` naming the image on a decode failure or when
+    its size differs from the metadata. ``grids`` optionally shares undistortion grids between calls (a dict the
+    caller owns, e.g. one per dataset so that train and test reuse the grids of a shared camera).
+    """
+    if isinstance(downscale, bool) or int(downscale) != downscale or downscale < 1:
+        raise ValueError(f"downscale must be an integer >= 1, got {downscale!r}")
+    downscale = int(downscale)
+    root = root or Path(".")
+    sizes = {(f.width, f.height) for f in frames}
+    if len(sizes) > 1:
+        raise ValueError(f"frames of one split must share an image size, got {sorted(sizes)} "
+                         f"(e.g. {frames[0].source}: {frames[0].width}x{frames[0].height})")
+    if not frames:
+        return Split(Cameras(torch.zeros(0, 4, 4), torch.zeros(0, 3, 3), 1, 1), torch.zeros(0, 1, 1, 4), [])
+    W, H = frames[0].width, frames[0].height
+    cams = Cameras(torch.stack([f.world_to_cam for f in frames]), torch.stack([f.K for f in frames]), W, H)
+    cams = cams.scaled(1.0 / downscale) if downscale > 1 else cams
+    images = np.empty((len(frames), cams.height, cams.width, 4), np.float32)
+    grids = {} if grids is None else grids
+    for i, f in enumerate(frames):
+        arr = read_image(f.image_path)
+        if arr.shape[:2] != (H, W):
+            raise ValueError(f"image {_rel(f.image_path, root)} is {arr.shape[1]}x{arr.shape[0]} but {f.source} "
+                             f"says w x h = {W}x{H}")
+        rgba = _to_planar_rgba(arr)
+        if f.distortion is not None and not f.distortion.is_identity:
+            key = (tuple(f.K.flatten().tolist()), f.distortion)
+            if key not in grids:
+                grid, valid = undistortion_grid(f.K, f.distortion, W, H)
+                grids[key] = (grid, valid.to(torch.float32))
+            rgba = undistort_planar(torch.from_numpy(rgba), grids[key]).numpy()
+        images[i] = (_downscale(rgba, cams.width, cams.height) if downscale > 1 else rgba).transpose(1, 2, 0)
+    return Split(cams.to(dtype=torch.float32), torch.from_numpy(images), [f.name for f in frames])

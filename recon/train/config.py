@@ -1,0 +1,277 @@
+"""Training configs: plain dataclasses whose field docstrings become the CLI help (tyro), YAML presets, and
+range validation that names the offending field."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class GaussianModelConfig:
+    """How the Gaussian scene is initialized."""
+
+    sh_degree: int = 3
+    """Maximum spherical-harmonics degree (0..3)."""
+    init: Literal["auto", "points", "random"] = "auto"
+    """Initial points: the dataset's point cloud ("points"), random in the scene bounds ("random"), or points
+    when the dataset has them ("auto")."""
+    num_random: int = 20000
+    """Number of random initial Gaussians (init = random)."""
+    random_extent: float = 0.35
+    """Half-size of the random-init cube as a fraction of the median camera distance to the scene center."""
+    carve: bool = True
+    """Drop random initial points outside the visual hull of the training alpha masks (RGBA datasets only)."""
+    init_opacity: float = 0.1
+    """Initial opacity of every Gaussian, in (0, 1)."""
+
+
+@dataclass
+class OptimConfig:
+    """Per-parameter Adam learning rates and the loss (the 3DGS recipe)."""
+
+    lr_means: float = 1.6e-4
+    """Initial position learning rate, multiplied by the scene extent."""
+    lr_means_final: float = 1.6e-6
+    """Final position learning rate (exponential decay over max_steps), multiplied by the scene extent."""
+    lr_sh_dc: float = 2.5e-3
+    """Learning rate of the degree-0 SH coefficients."""
+    lr_sh_rest: float = 1.25e-4
+    """Learning rate of the higher SH coefficients."""
+    lr_opacity: float = 0.05
+    """Learning rate of the opacity logits."""
+    lr_scales: float = 5e-3
+    """Learning rate of the log-scales."""
+    lr_quats: float = 1e-3
+    """Learning rate of the rotations."""
+    lambda_dssim: float = 0.2
+    """Weight of the D-SSIM term: loss = (1 - l) L1 + l (1 - SSIM)."""
+    sh_degree_interval: int = 1000
+    """Raise the active SH degree by one every this many steps."""
+
+
+@dataclass
+class DensifyConfig:
+    """Adaptive density control (clone / split / prune, opacity reset) as in 3DGS."""
+
+    start: int = 500
+    """First step of densification."""
+    stop: int = 15000
+    """Last step of densification; clamped to 60% of max_steps so short runs end with a settled scene."""
+    interval: int = 100
+    """Densify every this many steps."""
+    grad_threshold: float = 2e-4
+    """Mean view-space (NDC) gradient norm of a Gaussian's 2D center above which it is cloned or split."""
+    percent_dense: float = 0.01
+    """Gaussians larger than this fraction of the scene extent are split, smaller ones cloned."""
+    opacity_reset_interval: int = 3000
+    """Reset all opacities to at most 0.01 every this many steps (0 disables)."""
+    prune_opacity: float = 0.005
+    """Prune Gaussians whose opacity falls below this."""
+    max_screen_size: int = 20
+    """After the first opacity reset, prune Gaussians whose screen radius exceeds this (pixels)."""
+    max_gaussians: int = 1_000_000
+    """Hard cap on the number of Gaussians (densification stops growing past it)."""
+
+
+@dataclass
+class GaussianTrainConfig:
+    """Train 3D Gaussian splatting from posed images."""
+
+    data: Path = Path("data/sample")
+    """Dataset folder (Blender, instant-ngp/nerfstudio transforms.json, or COLMAP); default: the embedded
+    sample scene."""
+    data_format: Literal["auto", "blender", "ngp", "colmap"] = "auto"
+    """Dataset format; "auto" detects it from the folder."""
+    downscale: int = 1
+    """Downscale images by this integer factor at load."""
+    test_every: int = 8
+    """Hold out every N-th image for testing when the dataset has no test split."""
+    skip_missing_images: bool = False
+    """Drop frames whose image file is missing instead of failing."""
+    background: Literal["auto", "white", "black"] = "auto"
+    """Evaluation background for RGBA datasets ("auto": the dataset's, white for Blender)."""
+    alpha_mode: Literal["auto", "coverage", "mask"] = "auto"
+    """What image alpha means: "coverage" (object over a background, composited; Blender RGBA), "mask"
+    (pixels with alpha < 0.5 are invalid, e.g. outside an undistorted photo, and left out of the loss and the
+    metrics); "auto": coverage for Blender datasets, mask for instant-ngp and COLMAP photos."""
+    random_background: bool = True
+    """Composite training images over a random background each step (teaches transparency)."""
+    output: Path | None = None
+    """Run directory (default: outputs/gaussians-<dataset>-<time>)."""
+    max_steps: int = 3000
+    """Number of optimization steps."""
+    eval_every: int = 0
+    """Evaluate on the test split every N steps (0: only at the end)."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every N steps (and on SIGINT/SIGTERM and at the end)."""
+    log_every: int = 50
+    """Append a line to metrics.jsonl every N steps."""
+    seed: int = 0
+    """Random seed."""
+    device: str = "auto"
+    """Torch device ("auto": cuda when available, else cpu)."""
+    backend: str = "auto"
+    """Rasterizer backend: auto, torch, cpu, gsplat."""
+    threads: int = 0
+    """CPU threads for torch and the kernels (0: torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+    model: GaussianModelConfig = field(default_factory=GaussianModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+
+
+METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig}
+
+# (field path, predicate, what is expected)
+_RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
+    ("downscale", lambda v: v >= 1, "an integer >= 1"),
+    ("test_every", lambda v: v >= 2, "an integer >= 2"),
+    ("max_steps", lambda v: v >= 1, "an integer >= 1"),
+    ("eval_every", lambda v: v >= 0, "an integer >= 0"),
+    ("checkpoint_every", lambda v: v >= 1, "an integer >= 1"),
+    ("log_every", lambda v: v >= 1, "an integer >= 1"),
+    ("threads", lambda v: v >= 0, "an integer >= 0"),
+    ("model.sh_degree", lambda v: 0 <= v <= 3, "an integer in 0..3"),
+    ("model.num_random", lambda v: v >= 1, "an integer >= 1"),
+    ("model.random_extent", lambda v: v > 0, "a number > 0"),
+    ("model.init_opacity", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("optim.lambda_dssim", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("optim.sh_degree_interval", lambda v: v >= 1, "an integer >= 1"),
+    ("densify.interval", lambda v: v >= 1, "an integer >= 1"),
+    ("densify.grad_threshold", lambda v: v > 0, "a number > 0"),
+    ("densify.percent_dense", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("densify.opacity_reset_interval", lambda v: v >= 0, "an integer >= 0"),
+    ("densify.prune_opacity", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("densify.max_gaussians", lambda v: v >= 1, "an integer >= 1"),
+] + [(f"optim.{n}", lambda v: v >= 0, "a number >= 0") for n in
+     ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats")]
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg) -> None:
+    """Raise ``ValueError`` naming the first field whose value is out of range."""
+    for name, ok, expected in _RULES:
+        try:
+            value = _get(cfg, name)
+        except AttributeError:
+            continue
+        if not ok(value):
+            raise ValueError(f"config field '{name}' must be {expected}, got {value!r}")
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (Paths as strings) for YAML."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def _coerce(tp, value, where: str):
+    """Check/convert a YAML value to the annotated type; raise ValueError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{where}: must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: {value!r} does not match {tp}")
+    if tp is Path:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a path string, got {value!r}")
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    return value
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise ``ValueError``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config_file(path: Path) -> tuple[str, object]:
+    """Read a preset or a run's config.yaml -> ``(method, config)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: malformed YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    data = dict(data)
+    method = data.pop("method", "gaussians")
+    version = data.pop("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+    if method not in METHODS:
+        raise ValueError(f"{path}: field 'method' must be one of {sorted(METHODS)}, got {method!r}")
+    cfg = from_dict(METHODS[method], data, where=str(path))
+    validate(cfg)
+    return method, cfg
+
+
+def save_config(path: Path, method: str, cfg) -> None:
+    """Write the resolved config (with method and schema version) atomically."""
+    from recon.train.checkpoint import atomic_write_text
+
+    body = {"method": method, "schema_version": SCHEMA_VERSION, **to_dict(cfg)}
+    atomic_write_text(Path(path), yaml.safe_dump(body, sort_keys=False))

@@ -1,0 +1,256 @@
+"""The training loop: data, optimizer groups, schedules, losses, eval, checkpoints, logging, progress bar.
+
+One flat loop; the method-specific pieces (scene construction, densification) are plain functions/objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from recon.cameras import Cameras
+from recon.data.dataset import SceneData
+from recon.evaluate import alpha_is_mask, composite, evaluate_split, fill_invalid
+from recon.metrics import psnr, ssim
+from recon.renderers import GaussianSettings, RenderSettings, render
+from recon.scenes.gaussians import GaussianScene
+from recon.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recon.train.config import GaussianTrainConfig, save_config, validate
+from recon.train.densify import DensifyStrategy
+from recon.train.init import build_gaussian_scene, scene_extent
+
+CKPT_KEEP = 2
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where the last good checkpoint is."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_run_dir(method: str, data: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("outputs") / f"{method}-{Path(data).resolve().name}-{stamp}"
+
+
+def load_data(cfg: GaussianTrainConfig) -> SceneData:
+    """Load the dataset named by the config (resolving the sample scene)."""
+    from recon.data.load import load_dataset
+
+    path = resolve_data_path(cfg.data)
+    background = None if cfg.background == "auto" else cfg.background
+    return load_dataset(path, format=cfg.data_format, downscale=cfg.downscale, test_every=cfg.test_every,
+                        skip_missing_images=cfg.skip_missing_images, background=background)
+
+
+def resolve_data_path(path: Path) -> Path:
+    """``data/sample`` (the default) means the embedded sample scene wherever recon is installed."""
+    from recon.data.sample import SAMPLE_SCENE_DIR, ensure_sample_scene
+
+    if Path(path) == Path("data/sample") and not Path(path).is_dir():
+        return ensure_sample_scene()
+    if Path(path).resolve() == SAMPLE_SCENE_DIR.resolve():
+        return ensure_sample_scene()
+    return Path(path)
+
+
+def build_optimizer(scene: GaussianScene, cfg: GaussianTrainConfig, extent: float) -> torch.optim.Adam:
+    o = cfg.optim
+    lrs = {"means": o.lr_means * extent, "quats": o.lr_quats, "log_scales": o.lr_scales,
+           "opacity_logits": o.lr_opacity, "sh_dc": o.lr_sh_dc, "sh_rest": o.lr_sh_rest}
+    groups = [{"params": [p], "lr": lrs[name], "name": name} for name, p in scene.param_groups().items()]
+    return torch.optim.Adam(groups, eps=1e-15)
+
+
+def means_lr(cfg: GaussianTrainConfig, extent: float, step: int) -> float:
+    """Exponential (log-linear) decay from lr_means to lr_means_final over max_steps, times the extent."""
+    t = min(max(step / cfg.max_steps, 0.0), 1.0)
+    o = cfg.optim
+    return extent * math.exp((1 - t) * math.log(o.lr_means) + t * math.log(max(o.lr_means_final, 1e-20)))
+
+
+class Trainer:
+    """Trains a GaussianScene on a dataset and writes the run directory (DESIGN.md section 6)."""
+
+    def __init__(self, cfg: GaussianTrainConfig, run_dir: Path, resume: bool = False,
+                 hooks: list[Callable[[int, "Trainer"], None]] | None = None):
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.hooks = hooks or []
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.data = load_data(cfg)
+        self.train_images = self.data.train.images.to(self.device)
+        self.train_cams = self.data.train.cameras.to(self.device)
+        self.extent = scene_extent(self.data.train.cameras)
+        self.eval_background = torch.tensor(self.data.background, dtype=torch.float32, device=self.device)
+        self.mask = alpha_is_mask(cfg.alpha_mode, self.data.format)
+        self.settings = RenderSettings(backend=cfg.backend, gaussians=GaussianSettings())
+        self.step = 0
+        self.train_seconds = 0.0
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
+        if ckpt is not None:
+            state = load_checkpoint(ckpt)
+            self.scene = GaussianScene.from_state(state["scene"], source=str(ckpt)).to(self.device)
+        else:
+            self.scene = build_gaussian_scene(cfg.model, self.data).to(self.device)
+            self.scene.active_sh_degree = 0
+        self.optimizer = build_optimizer(self.scene, cfg, self.extent)
+        self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        if ckpt is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.strategy.load_state_dict(state["densify"])
+            self.step = int(state["step"])
+            self.train_seconds = float(state["train_seconds"])
+            self.generator.set_state(state["generator"])
+            print(f"recon: resumed {self.run_dir} from {ckpt.name} (step {self.step})")
+        self._order: list[int] = []
+        self._stop_signal: int | None = None
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def save(self) -> Path:
+        path = self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt"
+        save_checkpoint(path, {"scene": self.scene.to_state(), "optimizer": self.optimizer.state_dict(),
+                               "densify": {k: v.cpu() for k, v in self.strategy.state_dict().items()},
+                               "step": self.step, "train_seconds": self.train_seconds,
+                               "generator": self.generator.get_state()})
+        for old in sorted(path.parent.glob("step-*.pt"))[:-CKPT_KEEP]:
+            old.unlink()
+        return path
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    # --- one step ----------------------------------------------------------------------------------------
+    def _next_index(self) -> int:
+        if not self._order:
+            self._order = torch.randperm(len(self.data.train), generator=self.generator).tolist()
+        return self._order.pop()
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        self.step += 1
+        idx = self._next_index()
+        cam = self.train_cams[idx]
+        if cfg.random_background:
+            bg = torch.rand(3, generator=self.generator).to(self.device)
+        else:
+            bg = self.eval_background
+        images = self.train_images[idx : idx + 1]
+        gt = composite(images, bg)
+        out = render(self.scene, cam, replace(self.settings, background=bg))
+        pred = out.rgb
+        if self.mask:
+            gt = fill_invalid(gt, pred, images)
+        l1 = (pred - gt).abs().mean()
+        ssim_val = ssim(pred, gt).mean()
+        loss = (1 - cfg.optim.lambda_dssim) * l1 + cfg.optim.lambda_dssim * (1 - ssim_val)
+        if not torch.isfinite(loss):
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingError(f"loss became {loss.item()} at step {self.step}; training stopped. "
+                                f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
+                                "Lower the learning rates or check the data for NaNs.")
+        self.strategy.pre_backward(out)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.post_backward(self.step, out, cam.width, cam.height)
+        for group in self.optimizer.param_groups:
+            if group["name"] == "means":
+                group["lr"] = means_lr(cfg, self.extent, self.step)
+        if self.step % cfg.optim.sh_degree_interval == 0:
+            self.scene.active_sh_degree = min(self.scene.active_sh_degree + 1, self.scene.max_sh_degree)
+        return {"loss": loss.item(), "psnr": psnr(pred.detach().clamp(0, 1), gt).item()}
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Run to ``max_steps``, evaluate, export; returns the eval summary. Resumable at any checkpoint."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.run_dir / "config.yaml", "gaussians", cfg)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = _progress(cfg, self.step)
+        log = (self.run_dir / "metrics.jsonl").open("a")
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                stats = self.train_step()
+                self.train_seconds += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % 10 == 0:
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", N=len(self.scene))
+                if self.step % cfg.log_every == 0:
+                    log.write(json.dumps({"step": self.step, **stats, "num_gaussians": len(self.scene),
+                                          "train_seconds": round(self.train_seconds, 3)}) + "\n")
+                    log.flush()
+                for hook in self.hooks:
+                    hook(self.step, self)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    summary = self.evaluate(save_renders=False)
+                    log.write(json.dumps({"step": self.step, "eval_psnr": summary["psnr"],
+                                          "eval_ssim": summary["ssim"],
+                                          "train_seconds": round(self.train_seconds, 3)}) + "\n")
+                    log.flush()
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if self._stop_signal is not None:
+                    path = self.save()
+                    name = signal.Signals(self._stop_signal).name
+                    print(f"\nrecon: {name} at step {self.step}; checkpoint {path}. "
+                          f"Resume with: recon train --resume {self.run_dir}", file=sys.stderr)
+                    raise KeyboardInterrupt(name)
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        if latest_checkpoint(self.run_dir) is None or not latest_checkpoint(self.run_dir).name.endswith(
+                f"{self.step:07d}.pt"):
+            self.save()
+        summary = self.evaluate(save_renders=True)
+        from recon.export.scenes import export_scene
+
+        export_scene(self.scene, "ply", self.run_dir / "exports" / "scene.ply")
+        return summary
+
+    @torch.no_grad()
+    def evaluate(self, save_renders: bool) -> dict:
+        """PSNR/SSIM on the test split (sRGB, over the evaluation background); writes eval.json."""
+        renders = self.run_dir / "renders" / "test" if save_renders else None
+        summary = evaluate_split(self.scene, self.data.test, self.eval_background, self.settings, renders,
+                                 mask=self.mask)
+        summary.update(num_gaussians=len(self.scene), train_seconds=round(self.train_seconds, 3), step=self.step)
+        if save_renders:
+            from recon.train.checkpoint import atomic_write_text
+
+            atomic_write_text(self.run_dir / "eval.json", json.dumps(summary, indent=1))
+        return summary
+
+
+def _progress(cfg: GaussianTrainConfig, start: int):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.max_steps, initial=start, desc="train", dynamic_ncols=True, mininterval=0.5)

@@ -1,0 +1,103 @@
+"""Build and load recon's C++ extensions on first use (torch.utils.cpp_extension + ninja), cached per machine.
+
+Sources live in the repository's ``cuda/<family>/`` folder. The build directory is keyed on the extension
+name, the torch version and the instruction-set flags in use, so a cache copied to another CPU is never loaded
+with instructions that CPU lacks. One line is printed while compiling; any failure raises
+:class:`ExtensionBuildError`, which callers turn into one warning and a fallback to the torch reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+CUDA_SRC = Path(__file__).resolve().parents[1] / "cuda"
+
+_LOCK = threading.Lock()
+_LOADED: dict[str, ModuleType] = {}
+_FAILED: dict[str, "ExtensionBuildError"] = {}
+
+
+class ExtensionBuildError(RuntimeError):
+    """A C++ extension could not be compiled or loaded; the message says why."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _isa_flags() -> list[str]:
+    """-mavx2 -mfma when this CPU has them (x86-64 Linux); never -march=native (caches may move between CPUs)."""
+    if platform.machine() not in ("x86_64", "AMD64") or os.environ.get("RECON_NO_AVX2"):
+        return []
+    flags = _cpu_flags()
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("RECON_EXT_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "recon" / "torch_extensions"
+
+
+def load_cpu_extension(family: str) -> ModuleType:
+    """Compile (once) and import the CPU extension of ``cuda/<family>/*.cpp``.
+
+    Returns the loaded module. Raises :class:`ExtensionBuildError` when there is no compiler, the sources are
+    missing, or compilation fails (the error keeps the compiler's message). A failure is remembered for the
+    process, so callers may ask again cheaply.
+    """
+    with _LOCK:
+        if family in _LOADED:
+            return _LOADED[family]
+        if family in _FAILED:
+            raise _FAILED[family]
+        try:
+            _LOADED[family] = _build(family)
+            return _LOADED[family]
+        except ExtensionBuildError as err:
+            _FAILED[family] = err
+            raise
+
+
+def _build(family: str) -> ModuleType:
+    src_dir = CUDA_SRC / family
+    sources = sorted(str(p) for p in src_dir.glob("*.cpp"))
+    if not sources:
+        raise ExtensionBuildError(f"no C++ sources found in {src_dir}")
+    isa = _isa_flags()
+    cflags = ["-O3", "-fopenmp", *isa]
+    # The name keys the cache on the flags and the torch / python versions; ninja rebuilds on source edits.
+    key = hashlib.sha1(f"{' '.join(cflags)} {torch.__version__} {sys.version_info[:2]}".encode()).hexdigest()[:8]
+    name = f"recon_{family}_cpu{'_avx2' if isa else ''}_{key}"
+    build_dir = _cache_root() / name
+    try:
+        from torch.utils import cpp_extension
+
+        build_dir.mkdir(parents=True, exist_ok=True)
+        so = build_dir / f"{name}.so"
+        newest = max(p.stat().st_mtime for p in src_dir.glob("*"))
+        if not so.exists() or so.stat().st_mtime < newest:
+            print(f"recon: compiling C++ kernels {name} (first use, ~1 min)...", file=sys.stderr, flush=True)
+        # -fopenmp at link time links libgomp.so.1, which resolves to the copy torch already loaded (same soname),
+        # so at::parallel_for runs on torch's own OpenMP thread pool.
+        return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=["-fopenmp"],
+                                  extra_include_paths=[str(src_dir)], build_directory=str(build_dir),
+                                  verbose=False)
+    except Exception as err:  # compiler missing, compile error, ninja missing, import error: all mean "no kernels"
+        raise ExtensionBuildError(f"could not build the C++ extension {name!r} from {src_dir}: "
+                                  f"{type(err).__name__}: {str(err).strip()[-2000:]}") from err

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from recon.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from recon.train.config import GaussianTrainConfig, load_config_file, save_config, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_presets_load_and_validate():
+    presets = sorted((REPO / "configs").glob("*.yaml"))
+    assert presets, "configs/ holds presets"
+    for preset in presets:
+        method, cfg = load_config_file(preset)
+        assert method == "gaussians"
+        assert isinstance(cfg, GaussianTrainConfig)
+
+
+def test_round_trip(tmp_path):
+    cfg = GaussianTrainConfig(max_steps=123, data=Path("/x/y"))
+    cfg.densify.grad_threshold = 3e-4
+    save_config(tmp_path / "config.yaml", "gaussians", cfg)
+    method, back = load_config_file(tmp_path / "config.yaml")
+    assert back == cfg
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("method: gaussians\ndensify:\n  grad_treshold: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['grad_treshold'\]"):
+        load_config_file(p)
+
+
+def test_out_of_range_value_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("max_steps: 0\n")
+    with pytest.raises(ValueError, match="'max_steps' must be an integer >= 1, got 0"):
+        load_config_file(p)
+    cfg = GaussianTrainConfig()
+    cfg.model.sh_degree = 4
+    with pytest.raises(ValueError, match=r"model.sh_degree.*0..3"):
+        validate(cfg)
+
+
+def test_wrong_type_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr_means: fast\n")
+    with pytest.raises(ValueError, match="lr_means: expected a number"):
+        load_config_file(p)
+    p.write_text("data_format: nerf\n")
+    with pytest.raises(ValueError, match="data_format: must be one of"):
+        load_config_file(p)
+
+
+def test_checkpoint_atomic_and_safe(tmp_path):
+    path = tmp_path / "ck" / "step-0000001.pt"
+    save_checkpoint(path, {"a": torch.arange(3), "step": 1})
+    assert load_checkpoint(path)["step"] == 1
+    assert not list(path.parent.glob(".*tmp"))
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable recon checkpoint"):
+        load_checkpoint(path)
+    atomic_write_text(tmp_path / "t.txt", "hi")
+    assert (tmp_path / "t.txt").read_text() == "hi"
