@@ -139,6 +139,10 @@ def cmd_train(args: list[str]) -> int:
             "override; --resume RUN continues a run from its last checkpoint.")
     cfg = tyro.cli(METHODS[method], args=args, default=default, prog=f"recon train {method}", description=desc)
     validate(cfg)
+    from recon.train.trainer import resolve_data_path
+
+    # Store an absolute dataset path so that eval/render/resume work from any directory.
+    cfg = replace(cfg, data=resolve_data_path(cfg.data).resolve())
     run_dir = cfg.output or default_run_dir(method, cfg.data)
     trainer = Trainer(cfg, run_dir, resume=resume is not None)
     summary = trainer.train()

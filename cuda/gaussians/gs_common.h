@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include "gs_math.h"
 
@@ -23,12 +24,25 @@
 
 namespace gs {
 
+// at::zeros without a parallel fill: a memset of a few MB on the calling thread beats waking the thread team.
+inline at::Tensor zeros_serial(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  at::Tensor t = at::empty(sizes, opts);
+  if (t.numel() > 0) std::memset(t.data_ptr(), 0, t.nbytes());
+  return t;
+}
+
 // Runs fn(begin, end, slot) over [0, n) in chunks handed out dynamically (atomic counter) to torch's intra-op
 // (OpenMP) threads; slot < at::get_num_threads() identifies the worker. Dynamic hand-out keeps all threads busy
 // when the work per item is uneven (tiles) or when a thread is descheduled on a loaded machine.
+// Loops with fewer than min_parallel items run on the calling thread: a few milliseconds of work is not worth a
+// thread-team wake-up and barrier, which can cost far more than that when the machine is oversubscribed.
 template <typename Fn>
-void parallel_dynamic(int64_t n, int64_t chunk, Fn&& fn) {
+void parallel_dynamic(int64_t n, int64_t chunk, Fn&& fn, int64_t min_parallel = 0) {
   if (n <= 0) return;
+  if (n < min_parallel || at::get_num_threads() <= 1) {
+    fn(0, n, 0);
+    return;
+  }
   const int64_t n_chunks = (n + chunk - 1) / chunk;
   const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_chunks));
   std::atomic<int64_t> next{0};

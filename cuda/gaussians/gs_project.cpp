@@ -5,6 +5,9 @@
 
 namespace gs {
 
+// ~100 ns per Gaussian: below this count the projection runs on the calling thread.
+constexpr int64_t kMinParallel = 1 << 18;
+
 std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
                                         const at::Tensor& world_to_cam, const at::Tensor& K, int64_t width,
                                         int64_t height, double near, double eps2d) {
@@ -13,10 +16,10 @@ std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tenso
   GS_CHECK_INPUT(quats, N, 4);
   GS_CHECK_INPUT(scales, N, 3);
   const Camera cam = make_camera(world_to_cam, K, width, height);
-  auto means2d = at::zeros({N, 2}, means.options());
-  auto conics = at::zeros({N, 3}, means.options());
-  auto depths = at::zeros({N}, means.options());
-  auto radii = at::zeros({N}, means.options().dtype(at::kInt));
+  auto means2d = zeros_serial({N, 2}, means.options());
+  auto conics = zeros_serial({N, 3}, means.options());
+  auto depths = zeros_serial({N}, means.options());
+  auto radii = zeros_serial({N}, means.options().dtype(at::kInt));
   const float* m = means.data_ptr<float>();
   const float* q = quats.data_ptr<float>();
   const float* s = scales.data_ptr<float>();
@@ -33,7 +36,7 @@ std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tenso
       z[i] = cam.R[6] * mi[0] + cam.R[7] * mi[1] + cam.R[8] * mi[2] + cam.t[2];
       project_one(mi, q + 4 * i, s + 3 * i, cam, fnear, feps, st, m2 + 2 * i, cn + 3 * i, z + i, r + i);
     }
-  });
+  }, kMinParallel);
   return {means2d, conics, depths, radii};
 }
 
@@ -51,9 +54,9 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   GS_CHECK_INPUT(v_conics, N, 3);
   GS_CHECK_INPUT(v_depths, N);
   const Camera cam = make_camera(world_to_cam, K, width, height);
-  auto v_means = at::zeros({N, 3}, means.options());
-  auto v_quats = at::zeros({N, 4}, means.options());
-  auto v_scales = at::zeros({N, 3}, means.options());
+  auto v_means = zeros_serial({N, 3}, means.options());
+  auto v_quats = zeros_serial({N, 4}, means.options());
+  auto v_scales = zeros_serial({N, 3}, means.options());
   const float* m = means.data_ptr<float>();
   const float* q = quats.data_ptr<float>();
   const float* s = scales.data_ptr<float>();
@@ -79,7 +82,7 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
       project_one_vjp(m + 3 * i, s + 3 * i, cam, st, vm2 + 2 * i, vcn + 3 * i, vz[i], vm + 3 * i, vq + 4 * i,
                       vs + 3 * i);
     }
-  });
+  }, kMinParallel);
   return {v_means, v_quats, v_scales};
 }
 

@@ -1,10 +1,13 @@
 // Tile binning, forward compositing and hand-written backward of the Gaussian rasterizer (CPU).
 //
 // Layout: tiles of tile_size^2 pixels; each tile composites gauss_ids[tile_offsets[t]:tile_offsets[t+1]] front to
-// back. Per tile, the Gaussians' 2D data is gathered into contiguous scratch arrays and the pixel loop is the inner,
-// vectorized loop (Gaussian-outer, pixel-inner), with per-pixel masks for skips and early termination.
-// Tiles are handed out dynamically (atomic counter) to the at::parallel_for (OpenMP) threads; the backward writes
-// per-(tile, Gaussian) partial gradients to their own rows and reduces them per Gaussian afterwards (no atomics,
+// back. Per tile, the Gaussians' 2D data is gathered into contiguous scratch arrays; the loop over Gaussians is the
+// outer loop and the pixels of the tile the inner one (8 lanes with AVX2, see gs_avx2.h; portable scalar loops
+// otherwise), with per-pixel masks for the 1/255 skip and the early termination.
+// Work is pruned exactly: a Gaussian only visits the tile rows inside its alpha >= 1/255 ellipse (alpha_extent),
+// rows whose pixels have all terminated are skipped, and a tile stops when all its pixels have.
+// Tiles are handed out dynamically to torch's intra-op (OpenMP) threads; the backward writes per-(tile, Gaussian)
+// partial gradients to their own rows and reduces them per Gaussian afterwards in a fixed order (no atomics,
 // deterministic).
 #include <ATen/Parallel.h>
 
@@ -337,9 +340,9 @@ std::vector<at::Tensor> bin_gaussians(const at::Tensor& means2d, const at::Tenso
       rc[3] = std::min(y1, (int)std::ceil((m2[2 * g + 1] + ey) / ts));
       if (rc[0] >= rc[1] || rc[2] >= rc[3]) rc[0] = rc[1] = rc[2] = rc[3] = 0;
     }
-  });
+  }, 1 << 18);
   const int n_tiles = grid.n_tiles();
-  auto tile_offsets = at::zeros({n_tiles + 1}, means2d.options().dtype(at::kInt));
+  auto tile_offsets = zeros_serial({n_tiles + 1}, means2d.options().dtype(at::kInt));
   int* off = tile_offsets.data_ptr<int>();
   for (int k = 0; k < V; ++k) {
     const int* rc = &rect[k * 4];
@@ -458,11 +461,11 @@ std::vector<at::Tensor> rasterize_backward(const at::Tensor& means2d, const at::
       backward_tile<0>(grid, t, n, D, s, bg, vr, va, vd, fT, nc, trows);
   });
   auto opts = means2d.options();
-  auto v_means2d = at::zeros({N, 2}, opts);
-  auto v_conics = at::zeros({N, 3}, opts);
-  auto v_opac = at::zeros({N}, opts);
-  auto v_colors = at::zeros({N, D}, opts);
-  auto v_depths = at::zeros({N}, opts);
+  auto v_means2d = zeros_serial({N, 2}, opts);
+  auto v_conics = zeros_serial({N, 3}, opts);
+  auto v_opac = zeros_serial({N}, opts);
+  auto v_colors = zeros_serial({N, D}, opts);
+  auto v_depths = zeros_serial({N}, opts);
   float* outs[5] = {v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_opac.data_ptr<float>(),
                     v_depths.data_ptr<float>(), v_colors.data_ptr<float>()};
   // Reduce rows per Gaussian in intersection order (deterministic); the five outputs in parallel.
@@ -477,7 +480,7 @@ std::vector<at::Tensor> rasterize_backward(const at::Tensor& means2d, const at::
         for (int j = 0; j < w; ++j) d[j] += row[j];
       }
     }
-  });
+  }, /*min_parallel=*/M < (1 << 21) ? 6 : 0);
   return {v_means2d, v_conics, v_opac, v_colors, v_depths};
 }
 

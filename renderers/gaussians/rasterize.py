@@ -123,7 +123,8 @@ def _validate(means, quats, scales, opacities, colors, world_to_cam, K, width, h
             raise TypeError(f"{name} must match means' dtype and device ({means.dtype}, {means.device}), "
                             f"got ({x.dtype}, {x.device})")
     for name, x in (("means", means), ("scales", scales), ("quats", quats), ("opacities", opacities)):
-        if not bool(torch.isfinite(x).all()):
+        # A finite sum implies finite entries (NaN/Inf propagate); one reduction instead of an elementwise test.
+        if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or Inf; check the optimizer step / activations")
     for name, v in (("width", width), ("height", height), ("tile_size", tile_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
