@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ TARGETS = {"sample": (25.0, 300, None), "bob_field": (33.0, 600, 4096), "fox": (
 def run_scene(scene: str, out_root: Path, eval_every: int, extra: list[str]) -> dict:
     data_root = Path(os.environ.get("RECON_TEST_DATA", REPO.parent / "shared" / "data"))
     run_dir = out_root / f"gaussians-{scene}"
+    if run_dir.exists():  # a benchmark always starts from scratch
+        shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "recon.cli", "train", "--config", str(REPO / "configs" / f"gaussians-{scene}.yaml"),
            "--output", str(run_dir), "--eval-every", str(eval_every), "--no-progress"]
     if scene in SHARED:

@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
 def test_train_writes_run_and_reaches_quality(run_dir):
     summary = json.loads((run_dir / "eval.json").read_text())
     assert set(summary) >= {"psnr", "ssim", "num_gaussians", "train_seconds", "views"}
-    assert summary["psnr"] > 22.0, summary["psnr"]
+    assert summary["psnr"] > 25.0, summary["psnr"]
     assert summary["ssim"] > 0.8
     assert len(summary["views"]) == 8 and {"name", "psnr", "ssim"} <= set(summary["views"][0])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "exports" / "scene.ply").is_file()
@@ -80,7 +80,7 @@ def test_resume_continues_from_checkpoint(run_dir, tmp_path):
     assert main(["train", "--resume", str(run), "--max-steps", "450", "--no-progress"]) == 0
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 450
-    assert json.loads((run / "eval.json").read_text())["psnr"] > 22.0
+    assert json.loads((run / "eval.json").read_text())["psnr"] > 25.0
 
 
 def test_bad_config_value_fails_at_once(tmp_path, capsys):
@@ -103,3 +103,54 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
         trainer.train()
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000010.pt")
     assert all(torch.isfinite(v).all() for v in state["scene"]["params"].values())
+
+
+def test_render_orbit(run_dir, tmp_path):
+    out = tmp_path / "orbit"
+    assert main(["render", str(run_dir), "--path", "orbit", "--frames", "4", "--out", str(out)]) == 0
+    frames = sorted(out.glob("orbit_*.png"))
+    assert len(frames) == 4
+    from recon.data.io import read_image
+
+    img = read_image(frames[0])[..., :3]
+    # the object is in view: a good share of pixels differ from the white background
+    assert (np.abs(img - 1.0).max(axis=-1) > 0.1).mean() > 0.05
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return
+    assert (out / "orbit.mp4").stat().st_size > 0
+
+
+def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
+    import os
+    import signal
+
+    cfg = GaussianTrainConfig(data=ensure_sample_scene(), downscale=4, max_steps=40, checkpoint_every=1000,
+                              progress=False)
+
+    def kill(step, trainer):
+        if step == 15:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "run", hooks=[kill]).train()
+    assert (tmp_path / "run" / "checkpoints" / "step-0000015.pt").is_file()
+    resumed = Trainer(cfg, tmp_path / "run", resume=True)
+    assert resumed.step == 15 and len(resumed.scene) > 0
+    summary = resumed.train()
+    assert summary["step"] == 40
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(run_dir, capsys):
+    assert main(["train", "--output", str(run_dir), "--max-steps", "5", "--no-progress"]) == 1
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_main_job_reaches_25_db(tmp_path):
+    """`recon train` with the defaults on the sample scene (about 2 minutes on 2 cores)."""
+    assert main(["train", "--output", str(tmp_path / "run"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert summary["psnr"] >= 25.0, summary["psnr"]

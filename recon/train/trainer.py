@@ -91,6 +91,12 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.hooks = hooks or []
+        ckpt = latest_checkpoint(self.run_dir)
+        if resume and ckpt is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
+        if not resume and ckpt is not None:
+            raise ValueError(f"run directory {self.run_dir} already holds checkpoints; continue it with "
+                             f"`recon train --resume {self.run_dir}` or choose a new --output")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -104,9 +110,6 @@ class Trainer:
         self.settings = RenderSettings(backend=cfg.backend, gaussians=GaussianSettings())
         self.step = 0
         self.train_seconds = 0.0
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if resume and ckpt is None:
-            raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
         if ckpt is not None:
             state = load_checkpoint(ckpt)
             self.scene = GaussianScene.from_state(state["scene"], source=str(ckpt)).to(self.device)
