@@ -54,7 +54,7 @@ def opengl_c2w_to_world_to_cam(c2w: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"camera-to-world must have shape [..., 4, 4] or [..., 3, 4], got {tuple(c2w.shape)}")
     c2w = c2w.to(torch.float64)
     if c2w.shape[-2] == 3:
-        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype).expand(*c2w.shape[:-2], 1, 4)
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype, device=c2w.device).expand(*c2w.shape[:-2], 1, 4)
         c2w = torch.cat([c2w, bottom], dim=-2)
     c2w_cv = c2w @ _OPENGL_TO_OPENCV.to(c2w.device)
     return torch.linalg.inv(c2w_cv)
@@ -63,7 +63,7 @@ def opengl_c2w_to_world_to_cam(c2w: torch.Tensor) -> torch.Tensor:
 def colmap_to_world_to_cam(qvec: torch.Tensor, tvec: torch.Tensor) -> torch.Tensor:
     """COLMAP image pose (``qvec [..., 4]`` as qw, qx, qy, qz; ``tvec [..., 3]``) -> world-to-camera ``[..., 4, 4]``."""
     rot = quat_wxyz_to_rotmat(qvec.to(torch.float64))
-    out = torch.zeros(*rot.shape[:-2], 4, 4, dtype=torch.float64)
+    out = torch.zeros(*rot.shape[:-2], 4, 4, dtype=torch.float64, device=rot.device)
     out[..., :3, :3] = rot
     out[..., :3, 3] = tvec.to(torch.float64)
     out[..., 3, 3] = 1.0

@@ -41,7 +41,7 @@ class SourceArgs:
     """Downscale factor (default: the run's)."""
     background: Literal["auto", "white", "black"] = "auto"
     """Background for RGBA datasets."""
-    backend: str = "auto"
+    backend: Literal["auto", "torch", "cpu", "gsplat"] = "auto"
     """Rasterizer backend."""
     device: str = "auto"
     """Torch device."""
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return commands[argv[0]](argv[1:]) or 0
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:
+        return 128 + getattr(err, "signum", 2)
     except (ValueError, FileNotFoundError, TypeError) as err:
         print(f"recon: error: {err}", file=sys.stderr)
         return 1
@@ -130,6 +130,8 @@ def cmd_train(args: list[str]) -> int:
     config_file = _pop_option(args, "--config")
     resume = _pop_option(args, "--resume")
     default = METHODS[method]()
+    if resume is not None and config_file is not None:
+        raise ValueError("--resume RUN continues a run with its own config.yaml; it cannot be combined with --config")
     if resume is not None:
         method, default = load_config_file(Path(resume) / "config.yaml")
         default = replace(default, output=Path(resume))
@@ -139,6 +141,8 @@ def cmd_train(args: list[str]) -> int:
             "override; --resume RUN continues a run from its last checkpoint.")
     cfg = tyro.cli(METHODS[method], args=args, default=default, prog=f"recon train {method}", description=desc)
     validate(cfg)
+    if resume is not None and Path(cfg.output).resolve() != Path(resume).resolve():
+        raise ValueError(f"--resume {resume} continues that run in place; --output must not name another folder")
     from recon.train.trainer import resolve_data_path
 
     # Store an absolute dataset path so that eval/render/resume work from any directory.
@@ -191,7 +195,10 @@ def load_run_scene(run_dir: Path):
 
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
-        return GaussianScene.from_state(load_checkpoint(ckpt)["scene"], source=str(ckpt))
+        state = load_checkpoint(ckpt)
+        if "scene" not in state:
+            raise ValueError(f"{ckpt}: not a recon checkpoint (no 'scene' entry)")
+        return GaussianScene.from_state(state["scene"], source=str(ckpt))
     ply = run_dir / "exports" / "scene.ply"
     if ply.is_file():
         return load_scene_file(ply)
@@ -267,6 +274,8 @@ def cmd_render(args: list[str]) -> int:
     from recon.renderers import render
 
     a = tyro.cli(RenderArgs, args=args, prog="recon render")
+    if a.frames < 1 or a.fps < 1:
+        raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
     channels = [c.strip() for c in a.channels.split(",") if c.strip()]
     bad = sorted(set(channels) - {"rgb", "depth", "alpha"})
     if bad or not channels:

@@ -56,6 +56,6 @@ def evaluate_split(scene, split: Split, background: torch.Tensor, settings: Rend
                       "ssim": round(ssim(pred, gt).item(), 5)})
         if out_dir is not None:
             write_png(Path(out_dir) / f"{split.names[i]}.png", pred[0].cpu().numpy())
-    return {"psnr": round(float(np.mean([v["psnr"] for v in views])), 4) if views else float("nan"),
-            "ssim": round(float(np.mean([v["ssim"] for v in views])), 5) if views else float("nan"),
+    return {"psnr": round(float(np.mean([v["psnr"] for v in views])), 4) if views else None,
+            "ssim": round(float(np.mean([v["ssim"] for v in views])), 5) if views else None,
             "views": views}

@@ -154,3 +154,57 @@ def test_default_main_job_reaches_25_db(tmp_path):
     assert main(["train", "--output", str(tmp_path / "run"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert summary["psnr"] >= 25.0, summary["psnr"]
+
+
+def test_eval_scene_file_with_dataset(run_dir, tmp_path):
+    """A 3DGS PLY from anywhere evaluates against a dataset's test cameras like the run it came from."""
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--scene", str(run_dir / "exports" / "scene.ply"), "--data", str(ensure_sample_scene()),
+                 "--downscale", "2", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["psnr"] == pytest.approx(json.loads((run_dir / "eval.json").read_text())["psnr"], abs=0.05)
+
+
+def test_bad_sources_fail_clearly(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 1
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["render", "--scene", str(tmp_path / "missing.ply"), "--data", str(ensure_sample_scene())]) == 1
+    assert "scene file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.ply"
+    bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nend_header\n")
+    assert main(["export", "--scene", str(bad), "--out", str(tmp_path / "o.ply")]) == 1
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
+    """Checkpoints carry the data order, the random states, Adam moments and densification statistics."""
+    cfg = GaussianTrainConfig(data=ensure_sample_scene(), downscale=4, max_steps=60, checkpoint_every=1000,
+                              progress=False)
+    cfg.densify.start, cfg.densify.interval = 10, 10  # densify (with random split samples) across the cut
+    straight = Trainer(cfg, tmp_path / "a")
+    straight.train()
+
+    def stop(step, trainer):
+        if step == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first = Trainer(cfg, tmp_path / "b", hooks=[stop])
+        first.train()
+    first.save()
+    resumed = Trainer(cfg, tmp_path / "b", resume=True)
+    resumed.train()
+    assert len(resumed.scene) == len(straight.scene)
+    for name, p in straight.scene.param_groups().items():
+        torch.testing.assert_close(resumed.scene.param_groups()[name], p, rtol=0, atol=0, msg=name)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_bad_device_and_frames_fail_clearly(run_dir, tmp_path, capsys):
+    assert main(["train", "--output", str(tmp_path / "r"), "--device", "tpu", "--no-progress"]) == 1
+    assert "device must be" in capsys.readouterr().err
+    assert main(["render", str(run_dir), "--path", "orbit", "--frames", "0"]) == 1
+    assert "--frames and --fps must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "--config", "configs/gaussians-sample.yaml"]) == 1
+    assert "cannot be combined" in capsys.readouterr().err

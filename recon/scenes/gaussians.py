@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,7 +80,8 @@ class GaussianScene(nn.Module):
                     init_opacity: float = 0.1, scale_factor: float = 1.0) -> "GaussianScene":
         """Isotropic Gaussians at ``points [N, 3]`` with ``colors [N, 3]`` in [0, 1] (gray when None).
 
-        Initial scale: the mean distance to the 3 nearest neighbours (as 3DGS), times ``scale_factor``.
+        Initial scale: the root mean square distance to the 3 nearest neighbours (as 3DGS), times
+        ``scale_factor``.
         """
         if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] == 0:
             raise ValueError(f"points must have shape [N>0, 3], got {tuple(points.shape)}")
@@ -87,7 +89,7 @@ class GaussianScene(nn.Module):
         n = points.shape[0]
         if colors is None:
             colors = torch.full((n, 3), 0.5)
-        dist = _mean_knn_distance(points, k=3).clamp_min(1e-7) * scale_factor
+        dist = _rms_knn_distance(points, k=3).clamp_min(math.sqrt(1e-7)) * scale_factor
         k = num_sh_bases(max_sh_degree)
         quats = torch.zeros(n, 4)
         quats[:, 0] = 1.0
@@ -121,8 +123,8 @@ class GaussianScene(nn.Module):
         return scene
 
 
-def _mean_knn_distance(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean distance to the ``k`` nearest other points, ``[N]`` (KD-tree when scipy is present)."""
+def _rms_knn_distance(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Root mean square distance to the ``k`` nearest other points, ``[N]`` (KD-tree when scipy is present)."""
     n = points.shape[0]
     if n <= 1:
         return torch.full((n,), 0.01)
@@ -134,9 +136,9 @@ def _mean_knn_distance(points: torch.Tensor, k: int) -> torch.Tensor:
     if cKDTree is not None:
         pts = points.double().numpy()
         dist, _ = cKDTree(pts).query(pts, k=k + 1)
-        return torch.from_numpy(dist[:, 1:].mean(1)).float()
+        return torch.from_numpy(np.sqrt((dist[:, 1:] ** 2).mean(1))).float()
     out = torch.empty(n)
     for start in range(0, n, 1024):
         d = torch.cdist(points[start : start + 1024], points)
-        out[start : start + 1024] = d.topk(k + 1, largest=False).values[:, 1:].mean(1)
+        out[start : start + 1024] = d.topk(k + 1, largest=False).values[:, 1:].pow(2).mean(1).sqrt()
     return out

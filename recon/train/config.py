@@ -119,8 +119,8 @@ class GaussianTrainConfig:
     """Random seed."""
     device: str = "auto"
     """Torch device ("auto": cuda when available, else cpu)."""
-    backend: str = "auto"
-    """Rasterizer backend: auto, torch, cpu, gsplat."""
+    backend: Literal["auto", "torch", "cpu", "gsplat"] = "auto"
+    """Rasterizer backend."""
     threads: int = 0
     """CPU threads for torch and the kernels (0: torch's default)."""
     progress: bool = True

@@ -1,8 +1,9 @@
 """Adaptive density control for Gaussians (the 3DGS strategy): clone, split, prune, opacity reset.
 
 A strategy object with explicit hooks, so the trainer has no densification branches:
-``pre_backward(out)`` before ``loss.backward()``, ``post_backward(step, out, width, height)`` after it and before
-``optimizer.step()``. It edits the scene's parameters and the Adam state together.
+``pre_backward(out)`` before ``loss.backward()``, ``post_backward(step, out, width, height)`` after
+``optimizer.step()`` (it reads ``means2d.grad``, which is not an optimizer parameter, so the step leaves it
+intact). It edits the scene's parameters and the Adam state together.
 """
 
 from __future__ import annotations

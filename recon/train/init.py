@@ -55,9 +55,10 @@ def carve(points: torch.Tensor, cameras: Cameras, images: torch.Tensor,
     return keep, color
 
 
-def build_gaussian_scene(cfg: GaussianModelConfig, data: SceneData, seed: int = 0) -> GaussianScene:
+def build_gaussian_scene(cfg: GaussianModelConfig, data: SceneData, seed: int = 0,
+                         alpha_is_coverage: bool = True) -> GaussianScene:
     """Initial Gaussians: the dataset's points, or random points in the scene bounds (carved by the alpha
-    masks when the dataset has them, colored by the images)."""
+    masks when the dataset has them and its alpha is coverage, colored by the images)."""
     use_points = cfg.init == "points" or (cfg.init == "auto" and data.points is not None and len(data.points) > 0)
     if use_points:
         if data.points is None or len(data.points) == 0:
@@ -69,7 +70,7 @@ def build_gaussian_scene(cfg: GaussianModelConfig, data: SceneData, seed: int = 
     center = look_at_center(cams).float()
     dist = (cams.centers().float() - center).norm(dim=-1).median().item()
     half = cfg.random_extent * dist
-    carve_it = cfg.carve and _has_masks(data.train.images)
+    carve_it = cfg.carve and alpha_is_coverage and _has_masks(data.train.images)
     kept, colors = [], []
     total, tries = 0, 0
     while total < cfg.num_random and tries < 20:

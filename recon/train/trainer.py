@@ -9,6 +9,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -31,14 +32,31 @@ from recon.train.init import build_gaussian_scene, scene_extent
 CKPT_KEEP = 2
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training after a checkpoint was written; ``signum`` says which."""
+
+    def __init__(self, name: str, signum: int):
+        super().__init__(name)
+        self.signum = signum
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says where the last good checkpoint is."""
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; a named device must exist (ValueError otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch build sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
+    return device
 
 
 def default_run_dir(method: str, data: Path) -> Path:
@@ -110,11 +128,17 @@ class Trainer:
         self.settings = RenderSettings(backend=cfg.backend, gaussians=GaussianSettings())
         self.step = 0
         self.train_seconds = 0.0
+        self._order: list[int] = []
         if ckpt is not None:
             state = load_checkpoint(ckpt)
+            missing = sorted({"scene", "optimizer", "densify", "step", "train_seconds", "generator", "order",
+                              "torch_rng"} - set(state))
+            if missing:
+                raise ValueError(f"{ckpt}: not a complete recon training checkpoint (missing {missing})")
             self.scene = GaussianScene.from_state(state["scene"], source=str(ckpt)).to(self.device)
         else:
-            self.scene = build_gaussian_scene(cfg.model, self.data).to(self.device)
+            self.scene = build_gaussian_scene(cfg.model, self.data, seed=cfg.seed,
+                                              alpha_is_coverage=not self.mask).to(self.device)
             self.scene.active_sh_degree = 0
         self.optimizer = build_optimizer(self.scene, cfg, self.extent)
         self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
@@ -125,23 +149,42 @@ class Trainer:
             self.step = int(state["step"])
             self.train_seconds = float(state["train_seconds"])
             self.generator.set_state(state["generator"])
+            self._order = [int(i) for i in state["order"]]
+            torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available() and state.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             print(f"recon: resumed {self.run_dir} from {ckpt.name} (step {self.step})")
-        self._order: list[int] = []
         self._stop_signal: int | None = None
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self) -> Path:
+        """Write a checkpoint holding everything a resumed run needs to continue exactly as an uninterrupted one
+        (parameters, Adam moments, densification statistics, data order and random states)."""
+        self._check_finite()
         path = self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt"
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         save_checkpoint(path, {"scene": self.scene.to_state(), "optimizer": self.optimizer.state_dict(),
                                "densify": {k: v.cpu() for k, v in self.strategy.state_dict().items()},
                                "step": self.step, "train_seconds": self.train_seconds,
-                               "generator": self.generator.get_state()})
+                               "generator": self.generator.get_state(), "order": list(self._order),
+                               "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng})
         for old in sorted(path.parent.glob("step-*.pt"))[:-CKPT_KEEP]:
             old.unlink()
         return path
 
+    def _check_finite(self) -> None:
+        """Raise TrainingError (never checkpoint) when a parameter holds NaN/Inf."""
+        for name, p in self.scene.param_groups().items():
+            if not torch.isfinite(p.detach().sum()):
+                last = latest_checkpoint(self.run_dir)
+                raise TrainingError(f"parameter '{name}' became NaN/Inf at step {self.step}; training stopped. "
+                                    f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
+                                    "Lower the learning rates or check the data for NaNs.")
+
     def _on_signal(self, signum, frame) -> None:
+        # The first signal asks for a clean stop at the end of the step; a second one acts as usual.
         self._stop_signal = signum
+        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
 
     # --- one step ----------------------------------------------------------------------------------------
     def _next_index(self) -> int:
@@ -176,6 +219,8 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.step % 50 == 0:  # cheap enough: one reduction per parameter group every 50 steps
+            self._check_finite()
         self.strategy.post_backward(self.step, out, cam.width, cam.height)
         for group in self.optimizer.param_groups:
             if group["name"] == "means":
@@ -190,7 +235,10 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.run_dir / "config.yaml", "gaussians", cfg)
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Signal handlers can only be installed from the main thread (not from a notebook or viewer thread).
+        in_main = threading.current_thread() is threading.main_thread()
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         bar = _progress(cfg, self.step)
         log = (self.run_dir / "metrics.jsonl").open("a")
         try:
@@ -221,7 +269,7 @@ class Trainer:
                     name = signal.Signals(self._stop_signal).name
                     print(f"\nrecon: {name} at step {self.step}; checkpoint {path}. "
                           f"Resume with: recon train --resume {self.run_dir}", file=sys.stderr)
-                    raise KeyboardInterrupt(name)
+                    raise TrainingInterrupted(name, self._stop_signal)
         finally:
             if bar is not None:
                 bar.close()
@@ -249,6 +297,18 @@ class Trainer:
 
             atomic_write_text(self.run_dir / "eval.json", json.dumps(summary, indent=1))
         return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written after the checkpoint a run resumes from), so steps never repeat."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        from recon.fileio import atomic_write_text
+
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _progress(cfg: GaussianTrainConfig, start: int):

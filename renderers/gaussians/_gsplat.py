@@ -11,6 +11,8 @@ matter, so tests compare gsplat to the reference with a looser tolerance.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -45,9 +47,16 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     m2_full = meta["means2d"]  # [1, N, 2]
     means2d = m2_full[0]
     if m2_full.requires_grad:
+        # A weak reference: a hook on m2_full that held its own view strongly would form a cycle through the
+        # autograd graph that is never freed (memory grows every step).
+        target = weakref.ref(means2d)
+
         def _fill_grad(grad: Tensor) -> None:
+            view = target()
+            if view is None:
+                return
             g = grad[0].detach()
-            means2d.grad = g.clone() if means2d.grad is None else means2d.grad + g
+            view.grad = g.clone() if view.grad is None else view.grad + g
 
         m2_full.register_hook(_fill_grad)
     radii = meta["radii"][0]
