@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,6 @@ import torch
 from recon.data.dataset import Split
 from recon.metrics import psnr, ssim
 from recon.renderers import RenderSettings, render
-from dataclasses import replace
 
 
 def composite(images: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from recon.export.gaussian_ply import GaussianPly, read_gaussian_ply, write_gaussian_ply
 from recon.scenes.gaussians import GaussianScene

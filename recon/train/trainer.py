@@ -18,7 +18,6 @@ from typing import Callable
 
 import torch
 
-from recon.cameras import Cameras
 from recon.data.dataset import SceneData
 from recon.evaluate import alpha_is_mask, composite, evaluate_split, fill_invalid
 from recon.metrics import psnr, ssim
