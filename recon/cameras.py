@@ -167,6 +167,29 @@ class Cameras:
         uv = torch.einsum("cij,cnj->cni", K[:, :2, :], p_cam / z[..., None])
         return uv, z
 
+    def clip_matrices(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+        """World-to-clip matrices ``[C, 4, 4]`` for the mesh rasterizer (see ``docs/mesh.md``).
+
+        ``clip = M @ [x, y, z, 1]_world`` with ``clip_w`` = camera-space z and
+        ``ndc = clip[:3] / clip_w``: ``ndc_x = 2 u / W - 1``, ``ndc_y = 2 v / H - 1`` for the pixel coordinates
+        ``(u, v)`` of :meth:`project` (so NDC -1 is the left / top image edge and row 0 is the top row, as in
+        the rest of recon), and ``ndc_z`` maps camera z in ``[near, far]`` to ``[-1, 1]``.
+        Raises ``ValueError`` unless ``0 < near < far``.
+        """
+        if not (0.0 < near < far):
+            raise ValueError(f"clip planes must satisfy 0 < near < far, got near={near}, far={far}")
+        K = self.K
+        proj = torch.zeros(len(self), 4, 4, dtype=K.dtype, device=K.device)
+        proj[:, 0, 0] = 2.0 * K[:, 0, 0] / self.width
+        proj[:, 0, 1] = 2.0 * K[:, 0, 1] / self.width
+        proj[:, 0, 2] = 2.0 * K[:, 0, 2] / self.width - 1.0
+        proj[:, 1, 1] = 2.0 * K[:, 1, 1] / self.height
+        proj[:, 1, 2] = 2.0 * K[:, 1, 2] / self.height - 1.0
+        proj[:, 2, 2] = (far + near) / (far - near)
+        proj[:, 2, 3] = -2.0 * far * near / (far - near)
+        proj[:, 3, 2] = 1.0
+        return proj @ self.world_to_cam.to(K.dtype)
+
     def rays(self, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """World-space rays through pixel centers.
 

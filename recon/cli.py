@@ -16,11 +16,11 @@ from recon.train.config import METHODS, load_config_file, validate
 
 USAGE = """usage: recon {train,eval,render,export} ...
 
-  recon train [gaussians] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon train [gaussians|mesh] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
   recon eval RUN | --scene FILE --data DIR
   recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
-  recon render --scene FILE --data DIR [--split test] [--out DIR]
-  recon export RUN --format ply --out FILE
+  recon render --scene FILE.{ply,obj,glb} --data DIR [--split test] [--out DIR]
+  recon export RUN --format ply|obj|glb --out FILE
 
 Run `recon <command> --help` for every option with its default."""
 
@@ -32,7 +32,7 @@ class SourceArgs:
     run: tyro.conf.Positional[Path | None] = None
     """Run directory written by `recon train`."""
     scene: Path | None = None
-    """A scene file instead of a run (a standard 3DGS .ply)."""
+    """A scene file instead of a run: a standard 3DGS .ply, or a triangle mesh (.obj, .ply with faces, .glb)."""
     data: Path | None = None
     """Dataset for the cameras (default: the run's dataset)."""
     data_format: Literal["auto", "blender", "ngp", "colmap"] = "auto"
@@ -41,8 +41,8 @@ class SourceArgs:
     """Downscale factor (default: the run's)."""
     background: Literal["auto", "white", "black"] = "auto"
     """Background for RGBA datasets."""
-    backend: Literal["auto", "torch", "cpu", "gsplat"] = "auto"
-    """Rasterizer backend."""
+    backend: Literal["auto", "torch", "cpu", "gsplat", "nvdiffrast"] = "auto"
+    """Rasterizer backend (gsplat: Gaussians on CUDA; nvdiffrast: meshes on CUDA)."""
     device: str = "auto"
     """Torch device."""
 
@@ -64,7 +64,8 @@ class RenderArgs(SourceArgs):
     path: Literal["test", "orbit"] = "test"
     """Camera path: the split's cameras, or an orbit around the scene."""
     channels: str = "rgb"
-    """Comma-separated outputs: rgb, depth (<name>_depth.npy, float32 camera z, 0 where empty), alpha."""
+    """Comma-separated outputs: rgb, depth (<name>_depth.npy, float32 camera z, 0 where empty), alpha,
+    normal (meshes: <name>_normal.png, world-space shading normal encoded as (n + 1) / 2)."""
     out: Path | None = None
     """Output folder (default: RUN/renders/<path>)."""
     frames: int = 60
@@ -77,8 +78,9 @@ class RenderArgs(SourceArgs):
 class ExportArgs(SourceArgs):
     """Export a trained scene."""
 
-    format: Literal["ply"] = "ply"
-    """File format: ply (standard 3DGS layout)."""
+    format: Literal["ply", "obj", "glb"] = "ply"
+    """File format: ply (Gaussians: the standard 3DGS layout; meshes: vertex colors), obj (+ .mtl and PNG
+    textures), glb (glTF 2.0 binary, PBR material); obj and glb are for meshes."""
     out: Path | None = None
     """Output file (default: RUN/exports/scene.<format>)."""
 
@@ -122,6 +124,7 @@ def _pop_option(args: list[str], name: str) -> str | None:
 
 
 def cmd_train(args: list[str]) -> int:
+    from recon.train.mesh import MeshTrainer
     from recon.train.trainer import Trainer, default_run_dir
 
     method = "gaussians"
@@ -148,11 +151,11 @@ def cmd_train(args: list[str]) -> int:
     # Store an absolute dataset path so that eval/render/resume work from any directory.
     cfg = replace(cfg, data=resolve_data_path(cfg.data).resolve())
     run_dir = cfg.output or default_run_dir(method, cfg.data)
-    trainer = Trainer(cfg, run_dir, resume=resume is not None)
+    trainer = (MeshTrainer if method == "mesh" else Trainer)(cfg, run_dir, resume=resume is not None)
     summary = trainer.train()
     print(f"recon: {run_dir}: test PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}, "
-          f"{summary['num_gaussians']} Gaussians, {summary['train_seconds']:.0f} s training")
-    print(f"recon: exported {run_dir / 'exports' / 'scene.ply'}")
+          f"{describe_scene(trainer.eval_scene())}, {summary['train_seconds']:.0f} s training")
+    print(f"recon: exported {summary['export']}")
     return 0
 
 
@@ -187,10 +190,27 @@ def _load_source(src: SourceArgs, need_data: bool):
     return scene.to(resolve_device(src.device)), data, (Path(src.run) if src.run else None), cfg
 
 
+def describe_scene(scene) -> str:
+    """"N Gaussians" or "V vertices, F faces"."""
+    from recon.scenes.mesh import MeshScene
+
+    if isinstance(scene, MeshScene):
+        return f"{scene.vertices.shape[0]} vertices, {scene.faces.shape[0]} faces"
+    return f"{len(scene)} Gaussians"
+
+
+def scene_device(scene) -> torch.device:
+    """The device of a scene's tensors."""
+    for t in (*scene.parameters(), *scene.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def load_run_scene(run_dir: Path):
-    """The scene of a run: its latest checkpoint, else its exported PLY."""
+    """The scene of a run: its latest checkpoint, else its export (exports/scene.ply or exports/mesh.glb)."""
     from recon.export.scenes import load_scene_file
     from recon.scenes.gaussians import GaussianScene
+    from recon.scenes.mesh import MeshScene
     from recon.train.checkpoint import latest_checkpoint, load_checkpoint
 
     ckpt = latest_checkpoint(run_dir)
@@ -198,11 +218,21 @@ def load_run_scene(run_dir: Path):
         state = load_checkpoint(ckpt)
         if "scene" not in state:
             raise ValueError(f"{ckpt}: not a recon checkpoint (no 'scene' entry)")
+        if _state_kind(state["scene"]) == "mesh":
+            return MeshScene.from_state(state["scene"], source=str(ckpt))
         return GaussianScene.from_state(state["scene"], source=str(ckpt))
-    ply = run_dir / "exports" / "scene.ply"
-    if ply.is_file():
-        return load_scene_file(ply)
-    raise FileNotFoundError(f"{run_dir}: no checkpoint in checkpoints/ and no exports/scene.ply")
+    for name in ("scene.ply", "mesh.glb"):
+        if (run_dir / "exports" / name).is_file():
+            return load_scene_file(run_dir / "exports" / name)
+    raise FileNotFoundError(f"{run_dir}: no checkpoint in checkpoints/ and no exports/scene.ply or mesh.glb")
+
+
+def _state_kind(state) -> str | None:
+    """The ``kind`` in a scene state's JSON header (None when it has none)."""
+    try:
+        return json.loads(state["header"]).get("kind")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _settings(src: SourceArgs, background: torch.Tensor):
@@ -217,7 +247,7 @@ def cmd_eval(args: list[str]) -> int:
 
     a = tyro.cli(EvalArgs, args=args, prog="recon eval")
     scene, data, run_dir, cfg = _load_source(a, need_data=True)
-    bg = torch.tensor(data.background, dtype=torch.float32, device=scene.means.device)
+    bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
     from recon.evaluate import alpha_is_mask
 
     summary = evaluate_split(scene, data.test, bg, _settings(a, bg),
@@ -225,11 +255,11 @@ def cmd_eval(args: list[str]) -> int:
     train_seconds = None
     if run_dir is not None and latest_checkpoint(run_dir) is not None:
         train_seconds = load_checkpoint(latest_checkpoint(run_dir)).get("train_seconds")
-    summary.update(num_gaussians=len(scene), train_seconds=train_seconds)
+    summary.update(scene=describe_scene(scene), train_seconds=train_seconds)
     for v in summary["views"]:
         print(f"  {v['name']:>20s}  PSNR {v['psnr']:6.2f}  SSIM {v['ssim']:.4f}")
     print(f"recon eval: mean PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} over {len(summary['views'])} "
-          f"views, {len(scene)} Gaussians")
+          f"views, {describe_scene(scene)}")
     out = a.out or ((run_dir / "eval.json") if run_dir else Path("eval.json"))
     atomic_write_text(out, json.dumps(summary, indent=1))
     print(f"recon eval: wrote {out}")
@@ -277,9 +307,9 @@ def cmd_render(args: list[str]) -> int:
     if a.frames < 1 or a.fps < 1:
         raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
     channels = [c.strip() for c in a.channels.split(",") if c.strip()]
-    bad = sorted(set(channels) - {"rgb", "depth", "alpha"})
+    bad = sorted(set(channels) - {"rgb", "depth", "alpha", "normal"})
     if bad or not channels:
-        raise ValueError(f"--channels takes a comma-separated subset of rgb,depth,alpha; got {a.channels!r}")
+        raise ValueError(f"--channels takes a comma-separated subset of rgb,depth,alpha,normal; got {a.channels!r}")
     scene, data, run_dir, _ = _load_source(a, need_data=True)
     split = data.test if a.split == "test" else data.train
     if a.path == "test":
@@ -289,9 +319,10 @@ def cmd_render(args: list[str]) -> int:
         names = [f"orbit_{i:04d}" for i in range(a.frames)]
     out_dir = a.out or ((run_dir / "renders" / a.path) if run_dir else Path("renders") / a.path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = scene.means.device
+    device = scene_device(scene)
     bg = torch.tensor(data.background, dtype=torch.float32, device=device)
-    settings = _settings(a, bg)
+    extra = ("normal",) if "normal" in channels else ()
+    settings = replace(_settings(a, bg), channels=("rgb", "alpha", "depth", *extra))
     frames = []
     with torch.no_grad():
         for i, name in enumerate(names):
@@ -303,6 +334,10 @@ def cmd_render(args: list[str]) -> int:
                 np.save(out_dir / f"{name}_depth.npy", out.depth[0, ..., 0].cpu().numpy().astype(np.float32))
             if "alpha" in channels:
                 write_png(out_dir / f"{name}_alpha.png", out.alpha[0].expand(-1, -1, 3).cpu().numpy())
+            if "normal" in channels:
+                if out.normal is None:
+                    raise ValueError("--channels normal: this scene type renders no normals")
+                write_png(out_dir / f"{name}_normal.png", (out.normal[0].cpu().numpy() + 1) / 2)
             frames.append((rgb * 255 + 0.5).astype(np.uint8))
     print(f"recon render: wrote {len(names)} frames to {out_dir}")
     if a.path == "orbit":
@@ -331,7 +366,7 @@ def cmd_export(args: list[str]) -> int:
     if out is None:
         raise ValueError("--out FILE is required when exporting a --scene file")
     export_scene(scene.cpu(), a.format, out)
-    print(f"recon export: wrote {out} ({len(scene)} Gaussians)")
+    print(f"recon export: wrote {out} ({describe_scene(scene)})")
     return 0
 
 

@@ -4,6 +4,13 @@ Backends register per scene type (see :func:`register_renderer`); ``settings.bac
 fastest implementation available for the scene's device.
 """
 
-from recon.renderers.interface import RenderOutput, RenderSettings, GaussianSettings, register_renderer, render
+from recon.renderers.interface import (
+    GaussianSettings,
+    MeshSettings,
+    RenderOutput,
+    RenderSettings,
+    register_renderer,
+    render,
+)
 
-__all__ = ["RenderOutput", "RenderSettings", "GaussianSettings", "register_renderer", "render"]
+__all__ = ["GaussianSettings", "MeshSettings", "RenderOutput", "RenderSettings", "register_renderer", "render"]

@@ -27,6 +27,24 @@ class GaussianSettings:
 
 
 @dataclass(frozen=True)
+class MeshSettings:
+    """Mesh-specific render settings."""
+
+    shading: Literal["auto", "unlit", "headlight"] = "auto"
+    """"unlit": the base color (texture, vertex colors or factor) as is -- what reconstruction fits;
+    "headlight": Lambertian shading by a light at the camera plus ambient, for assets without baked lighting;
+    "auto": unlit for meshes with a texture or vertex colors, headlight for bare geometry (default gray)."""
+    near: float | None = None
+    """Near clip plane (camera-space z); None: from the scene bounds."""
+    far: float | None = None
+    """Far clip plane; None: from the scene bounds."""
+    antialias: bool = True
+    """Analytic silhouette antialiasing (also what gives vertex positions gradients from coverage)."""
+    texture_filter: Literal["auto", "nearest", "linear", "linear-mipmap-linear"] = "auto"
+    """Texture filter ("auto": trilinear mip-mapping)."""
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     """How to render. Frozen: a new feature adds a field here, not a positional argument."""
 
@@ -37,13 +55,15 @@ class RenderSettings:
     backend: str = "auto"
     """Implementation: "auto", or a backend name of the scene's family ("torch", "cpu", "gsplat", ...)."""
     gaussians: GaussianSettings = field(default_factory=GaussianSettings)
+    mesh: MeshSettings = field(default_factory=MeshSettings)
 
 
 @dataclass
 class RenderOutput:
-    """Rendered images for ``C`` cameras, all NHWC float32, linear.
+    """Rendered images for ``C`` cameras, all NHWC float32.
 
-    rgb ``[C, H, W, 3]`` composited over the background; alpha ``[C, H, W, 1]`` coverage;
+    rgb ``[C, H, W, 3]`` composited over the background, in the encoding of the dataset images (display /
+    sRGB values: what PSNR compares; mesh materials are linear and encoded by the mesh renderer); alpha ``[C, H, W, 1]`` coverage;
     depth ``[C, H, W, 1]`` expected camera-space z of the visible surface (sum of w_i z_i divided by alpha,
     0 where alpha is 0); normal ``[C, H, W, 3]`` world-space (when the representation has one);
     gbuffer: named material channels; aux: backend extras typed per family (e.g. the 2D means the
@@ -82,6 +102,7 @@ def render(scene, cameras: Cameras, settings: RenderSettings | None = None) -> R
         raise TypeError(f"cameras must be recon.cameras.Cameras, got {type(cameras).__name__}")
     # Importing the families registers them; done lazily so `import recon.renderers` stays light.
     import recon.renderers.gaussians  # noqa: F401
+    import recon.renderers.mesh  # noqa: F401
 
     for klass in type(scene).__mro__:
         if klass in _REGISTRY:

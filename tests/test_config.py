@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recon.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from recon.train.config import GaussianTrainConfig, load_config_file, save_config, validate
+from recon.train.config import METHODS, GaussianTrainConfig, load_config_file, save_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,8 +14,8 @@ def test_presets_load_and_validate():
     assert presets, "configs/ holds presets"
     for preset in presets:
         method, cfg = load_config_file(preset)
-        assert method == "gaussians"
-        assert isinstance(cfg, GaussianTrainConfig)
+        assert preset.name.startswith(f"{method}-")
+        assert isinstance(cfg, METHODS[method])
 
 
 def test_round_trip(tmp_path):

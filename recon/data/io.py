@@ -24,9 +24,10 @@ import torch
 from PIL import Image
 
 from recon.cameras import Cameras
-from recon.fileio import atomic_write_bytes
+from recon.color import linear_to_srgb, srgb_to_linear
 from recon.data.dataset import Split
 from recon.data.undistort import Distortion, undistort_planar, undistortion_grid
+from recon.fileio import atomic_write_bytes
 
 __all__ = [
     "read_image", "write_png", "image_size", "srgb_to_linear", "linear_to_srgb",
@@ -239,27 +240,6 @@ def write_png(path: str | os.PathLike, image) -> None:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
-
-
-# ----------------------------------------------------------------------------------------------- color
-
-def srgb_to_linear(x):
-    """Exact piecewise sRGB decoding (IEC 61966-2-1): ``x / 12.92`` below 0.04045, else ``((x + 0.055) / 1.055)^2.4``.
-
-    Works on numpy arrays and torch tensors (dtype and device kept; gradients finite everywhere).
-    """
-    if isinstance(x, torch.Tensor):
-        return torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
-    x = np.asarray(x)
-    return np.where(x <= 0.04045, x / 12.92, ((np.maximum(x, 0.04045) + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x):
-    """Exact piecewise sRGB encoding: ``12.92 x`` below 0.0031308, else ``1.055 x^(1/2.4) - 0.055``."""
-    if isinstance(x, torch.Tensor):
-        return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
-    x = np.asarray(x)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.maximum(x, 0.0031308) ** (1 / 2.4) - 0.055)
 
 
 # ----------------------------------------------------------------------------------------------- frames

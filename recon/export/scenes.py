@@ -1,14 +1,15 @@
-"""Export scenes to files and load scene files (3DGS PLY now; meshes later)."""
+"""Export scenes to files and load scene files: 3DGS PLY for Gaussian scenes; OBJ / PLY / GLB for meshes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
 from recon.export.gaussian_ply import GaussianPly, read_gaussian_ply, write_gaussian_ply
 from recon.scenes.gaussians import GaussianScene
+from recon.scenes.mesh import MeshScene
 
 FORMATS = ("ply",)
+MESH_FORMATS = ("obj", "ply", "glb")
 
 
 def scene_to_ply(scene: GaussianScene) -> GaussianPly:
@@ -27,7 +28,13 @@ def scene_from_ply(ply: GaussianPly) -> GaussianScene:
 
 
 def export_scene(scene, fmt: str, path: Path) -> Path:
-    """Write ``scene`` as ``fmt`` to ``path`` atomically."""
+    """Write ``scene`` as ``fmt`` to ``path`` atomically (a MeshScene as obj / ply / glb, see ``mesh_io``)."""
+    if isinstance(scene, MeshScene):
+        if fmt not in MESH_FORMATS:
+            raise ValueError(f"export format must be one of {list(MESH_FORMATS)} for a mesh scene, got {fmt!r}")
+        from recon.export.mesh_io import save_mesh
+
+        return save_mesh(scene, path, fmt)
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {list(FORMATS)} for a Gaussian scene, got {fmt!r}")
     if not isinstance(scene, GaussianScene):
@@ -38,10 +45,28 @@ def export_scene(scene, fmt: str, path: Path) -> Path:
 
 
 def load_scene_file(path: Path):
-    """Load a scene file: a 3DGS PLY (``.ply`` with Gaussian properties)."""
+    """Load a scene file: a 3DGS PLY (``.ply`` with Gaussian properties) as a GaussianScene; ``.obj`` / ``.glb`` /
+    ``.gltf``, or a ``.ply`` with faces and without ``f_dc_0``, as a MeshScene."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scene file not found: {path}")
-    if path.suffix.lower() != ".ply":
-        raise ValueError(f"{path}: unsupported scene file type {path.suffix!r}; expected a 3DGS .ply")
+    suffix = path.suffix.lower()
+    if suffix in (".obj", ".glb", ".gltf") or (suffix == ".ply" and _ply_is_mesh(path)):
+        from recon.export.mesh_io import load_mesh
+
+        return load_mesh(path)
+    if suffix != ".ply":
+        raise ValueError(f"{path}: unsupported scene file type {path.suffix!r}; expected a 3DGS .ply or a mesh "
+                         ".obj / .ply / .glb / .gltf")
     return scene_from_ply(read_gaussian_ply(path))
+
+
+def _ply_is_mesh(path: Path) -> bool:
+    """A PLY header with a non-empty ``face`` element and no ``f_dc_0`` property (3DGS PLYs have no faces)."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    end = head.find(b"end_header")
+    lines = head[: end if end >= 0 else len(head)].decode("ascii", errors="replace").splitlines()
+    tokens = [line.split() for line in lines]
+    has_faces = any(t[:2] == ["element", "face"] and len(t) > 2 and t[2] != "0" for t in tokens)
+    return has_faces and not any(t[:1] == ["property"] and t[-1:] == ["f_dc_0"] for t in tokens)

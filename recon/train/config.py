@@ -83,8 +83,8 @@ class DensifyConfig:
 
 
 @dataclass
-class GaussianTrainConfig:
-    """Train 3D Gaussian splatting from posed images."""
+class TrainConfigBase:
+    """Options every training method shares (data, run directory, schedule, logging, device)."""
 
     data: Path = Path("data/sample")
     """Dataset folder (Blender, instant-ngp/nerfstudio transforms.json, or COLMAP); default: the embedded
@@ -106,7 +106,7 @@ class GaussianTrainConfig:
     random_background: bool = True
     """Composite training images over a random background each step (teaches transparency)."""
     output: Path | None = None
-    """Run directory (default: outputs/gaussians-<dataset>-<time>)."""
+    """Run directory (default: outputs/<method>-<dataset>-<time>)."""
     max_steps: int = 3000
     """Number of optimization steps."""
     eval_every: int = 0
@@ -119,18 +119,83 @@ class GaussianTrainConfig:
     """Random seed."""
     device: str = "auto"
     """Torch device ("auto": cuda when available, else cpu)."""
-    backend: Literal["auto", "torch", "cpu", "gsplat"] = "auto"
-    """Rasterizer backend."""
     threads: int = 0
     """CPU threads for torch and the kernels (0: torch's default)."""
     progress: bool = True
     """Show a progress bar."""
+
+
+@dataclass
+class GaussianTrainConfig(TrainConfigBase):
+    """Train 3D Gaussian splatting from posed images."""
+
+    backend: Literal["auto", "torch", "cpu", "gsplat"] = "auto"
+    """Rasterizer backend."""
     model: GaussianModelConfig = field(default_factory=GaussianModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
 
 
-METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig}
+@dataclass
+class MeshModelConfig:
+    """The iso-surface grid, its initialization and the texture of the refined mesh."""
+
+    grid_resolution: int = 96
+    """Cells per axis of the generated tetrahedral grid (6 tetrahedra per cell)."""
+    init: Literal["auto", "visual_hull", "sphere"] = "auto"
+    """Initial SDF: the visual hull of the training alpha masks ("visual_hull", RGBA datasets), a sphere
+    filling half the grid ("sphere"), or the visual hull when the dataset has coverage alpha ("auto")."""
+    bounds_margin: float = 0.1
+    """Grid box = the visual hull's bounding box grown by this fraction of its size on every side."""
+    texture_size: int = 1024
+    """Edge of the square base-color texture of the refinement stage (pixels)."""
+    min_component_faces: int = 200
+    """Connected components with fewer faces are dropped when the mesh is extracted (floaters)."""
+
+
+@dataclass
+class MeshOptimConfig:
+    """The two stages: iso-surface (topology) optimization, then textured refinement of the extracted mesh."""
+
+    geometry_steps: int = 600
+    """Steps of the iso-surface stage; the remaining max_steps refine the extracted, UV-mapped mesh."""
+    views_per_step: int = 2
+    """Training views rendered per step."""
+    lr_sdf: float = 2e-3
+    """Adam learning rate of the grid SDF values (world units)."""
+    lr_deform: float = 1e-2
+    """Adam learning rate of the grid deformation parameters."""
+    lr_color: float = 2e-2
+    """Adam learning rate of the grid colors (iso-surface stage)."""
+    lr_vertices: float = 2e-4
+    """Adam learning rate of the vertex positions in the refinement stage, times the scene size."""
+    lr_texture: float = 2e-2
+    """Adam learning rate of the texels."""
+    lambda_mask: float = 1.0
+    """Weight of the silhouette loss: mean squared error of the antialiased alpha (coverage datasets)."""
+    lambda_sdf: float = 0.02
+    """Weight of the SDF sign regularizer on surface-crossing grid edges (suppresses floaters)."""
+    lambda_laplacian: float = 0.05
+    """Weight of the uniform Laplacian smoothness of the vertex displacements (refinement stage)."""
+    lambda_normal: float = 0.01
+    """Weight of the normal-consistency term (1 - cos between adjacent face normals, refinement stage)."""
+
+
+@dataclass
+class MeshTrainConfig(TrainConfigBase):
+    """Reconstruct a textured triangle mesh from posed images (DMTet-style iso-surface, then texture)."""
+
+    max_steps: int = 1500
+    """Number of optimization steps (both stages)."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every N steps (and on SIGINT/SIGTERM and at the end)."""
+    backend: Literal["auto", "torch", "cpu", "nvdiffrast"] = "auto"
+    """Mesh raster-op backend."""
+    model: MeshModelConfig = field(default_factory=MeshModelConfig)
+    optim: MeshOptimConfig = field(default_factory=MeshOptimConfig)
+
+
+METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig, "mesh": MeshTrainConfig}
 
 # (field path, predicate, what is expected)
 _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
@@ -153,8 +218,16 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("densify.opacity_reset_interval", lambda v: v >= 0, "an integer >= 0"),
     ("densify.prune_opacity", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("densify.max_gaussians", lambda v: v >= 1, "an integer >= 1"),
+    ("model.grid_resolution", lambda v: 4 <= v <= 512, "an integer in 4..512"),
+    ("model.bounds_margin", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.texture_size", lambda v: 8 <= v <= 8192, "an integer in 8..8192"),
+    ("model.min_component_faces", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.views_per_step", lambda v: v >= 1, "an integer >= 1"),
 ] + [(f"optim.{n}", lambda v: v >= 0, "a number >= 0") for n in
-     ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats")]
+     ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats",
+      "lr_sdf", "lr_deform", "lr_color", "lr_vertices", "lr_texture", "lambda_mask", "lambda_sdf",
+      "lambda_laplacian", "lambda_normal")]
 
 
 def _get(cfg, dotted: str):

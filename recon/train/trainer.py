@@ -100,7 +100,15 @@ def means_lr(cfg: GaussianTrainConfig, extent: float, step: int) -> float:
 
 
 class Trainer:
-    """Trains a GaussianScene on a dataset and writes the run directory (DESIGN.md section 6)."""
+    """Trains a GaussianScene on a dataset and writes the run directory (DESIGN.md section 6).
+
+    The loop, data order, checkpoints, signals, logging and evaluation are shared by every method; a method
+    (see :class:`recon.train.mesh.MeshTrainer`) overrides the few methods marked "method hook" below.
+    """
+
+    METHOD = "gaussians"
+    METHOD_KEYS = frozenset({"optimizer", "densify"})
+    """Checkpoint entries the method needs besides the shared ones."""
 
     def __init__(self, cfg: GaussianTrainConfig, run_dir: Path, resume: bool = False,
                  hooks: list[Callable[[int, "Trainer"], None]] | None = None):
@@ -124,27 +132,20 @@ class Trainer:
         self.extent = scene_extent(self.data.train.cameras)
         self.eval_background = torch.tensor(self.data.background, dtype=torch.float32, device=self.device)
         self.mask = alpha_is_mask(cfg.alpha_mode, self.data.format)
-        self.settings = RenderSettings(backend=cfg.backend, gaussians=GaussianSettings())
+        self.settings = self._render_settings()
         self.step = 0
         self.train_seconds = 0.0
         self._order: list[int] = []
+        state = None
         if ckpt is not None:
             state = load_checkpoint(ckpt)
-            missing = sorted({"scene", "optimizer", "densify", "step", "train_seconds", "generator", "order",
-                              "torch_rng"} - set(state))
+            missing = sorted(({"scene", "step", "train_seconds", "generator", "order", "torch_rng"}
+                              | self.METHOD_KEYS) - set(state))
             if missing:
-                raise ValueError(f"{ckpt}: not a complete recon training checkpoint (missing {missing})")
-            self.scene = GaussianScene.from_state(state["scene"], source=str(ckpt)).to(self.device)
-        else:
-            self.scene = build_gaussian_scene(cfg.model, self.data, seed=cfg.seed,
-                                              alpha_is_coverage=not self.mask).to(self.device)
-            self.scene.active_sh_degree = 0
-        self.optimizer = build_optimizer(self.scene, cfg, self.extent)
-        self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
+                raise ValueError(f"{ckpt}: not a complete recon {self.METHOD} checkpoint (missing {missing})")
+        self._init_method(state, source=str(ckpt))
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        if ckpt is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.strategy.load_state_dict(state["densify"])
+        if state is not None:
             self.step = int(state["step"])
             self.train_seconds = float(state["train_seconds"])
             self.generator.set_state(state["generator"])
@@ -155,6 +156,46 @@ class Trainer:
             print(f"recon: resumed {self.run_dir} from {ckpt.name} (step {self.step})")
         self._stop_signal: int | None = None
 
+    # --- method hooks ----------------------------------------------------------------------------------
+    def _render_settings(self) -> RenderSettings:
+        return RenderSettings(backend=self.cfg.backend, gaussians=GaussianSettings())
+
+    def _init_method(self, state: dict | None, source: str) -> None:
+        """Build the scene and optimizer (from ``state`` when resuming)."""
+        cfg = self.cfg
+        if state is not None:
+            self.scene = GaussianScene.from_state(state["scene"], source=source).to(self.device)
+        else:
+            self.scene = build_gaussian_scene(cfg.model, self.data, seed=cfg.seed,
+                                              alpha_is_coverage=not self.mask).to(self.device)
+            self.scene.active_sh_degree = 0
+        self.optimizer = build_optimizer(self.scene, cfg, self.extent)
+        self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.strategy.load_state_dict(state["densify"])
+
+    def _method_state(self) -> dict:
+        """Checkpoint entries of the method (``scene`` must be a renderable scene's ``to_state()``)."""
+        return {"scene": self.scene.to_state(), "optimizer": self.optimizer.state_dict(),
+                "densify": {k: v.cpu() for k, v in self.strategy.state_dict().items()}}
+
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        return self.scene.param_groups()
+
+    def _size_stats(self) -> dict:
+        """Scene size for logs and the summary."""
+        return {"num_gaussians": len(self.scene)}
+
+    def eval_scene(self):
+        """The scene evaluation and export render."""
+        return self.scene
+
+    def export(self) -> Path:
+        from recon.export.scenes import export_scene
+
+        return export_scene(self.scene, "ply", self.run_dir / "exports" / "scene.ply")
+
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self) -> Path:
         """Write a checkpoint holding everything a resumed run needs to continue exactly as an uninterrupted one
@@ -162,9 +203,7 @@ class Trainer:
         self._check_finite()
         path = self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt"
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        save_checkpoint(path, {"scene": self.scene.to_state(), "optimizer": self.optimizer.state_dict(),
-                               "densify": {k: v.cpu() for k, v in self.strategy.state_dict().items()},
-                               "step": self.step, "train_seconds": self.train_seconds,
+        save_checkpoint(path, {**self._method_state(), "step": self.step, "train_seconds": self.train_seconds,
                                "generator": self.generator.get_state(), "order": list(self._order),
                                "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng})
         for old in sorted(path.parent.glob("step-*.pt"))[:-CKPT_KEEP]:
@@ -173,7 +212,7 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Raise TrainingError (never checkpoint) when a parameter holds NaN/Inf."""
-        for name, p in self.scene.param_groups().items():
+        for name, p in self._parameters().items():
             if not torch.isfinite(p.detach().sum()):
                 last = latest_checkpoint(self.run_dir)
                 raise TrainingError(f"parameter '{name}' became NaN/Inf at step {self.step}; training stopped. "
@@ -233,7 +272,7 @@ class Trainer:
         """Run to ``max_steps``, evaluate, export; returns the eval summary. Resumable at any checkpoint."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.run_dir / "config.yaml", "gaussians", cfg)
+        save_config(self.run_dir / "config.yaml", self.METHOD, cfg)
         # Signal handlers can only be installed from the main thread (not from a notebook or viewer thread).
         in_main = threading.current_thread() is threading.main_thread()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
@@ -248,9 +287,10 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     if self.step % 10 == 0:
-                        bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", N=len(self.scene))
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}",
+                                        N=next(iter(self._size_stats().values())))
                 if self.step % cfg.log_every == 0:
-                    log.write(json.dumps({"step": self.step, **stats, "num_gaussians": len(self.scene),
+                    log.write(json.dumps({"step": self.step, **stats, **self._size_stats(),
                                           "train_seconds": round(self.train_seconds, 3)}) + "\n")
                     log.flush()
                 for hook in self.hooks:
@@ -279,18 +319,16 @@ class Trainer:
                 f"{self.step:07d}.pt"):
             self.save()
         summary = self.evaluate(save_renders=True)
-        from recon.export.scenes import export_scene
-
-        export_scene(self.scene, "ply", self.run_dir / "exports" / "scene.ply")
+        summary["export"] = str(self.export())
         return summary
 
     @torch.no_grad()
     def evaluate(self, save_renders: bool) -> dict:
         """PSNR/SSIM on the test split (sRGB, over the evaluation background); writes eval.json."""
         renders = self.run_dir / "renders" / "test" if save_renders else None
-        summary = evaluate_split(self.scene, self.data.test, self.eval_background, self.settings, renders,
+        summary = evaluate_split(self.eval_scene(), self.data.test, self.eval_background, self.settings, renders,
                                  mask=self.mask)
-        summary.update(num_gaussians=len(self.scene), train_seconds=round(self.train_seconds, 3), step=self.step)
+        summary.update(**self._size_stats(), train_seconds=round(self.train_seconds, 3), step=self.step)
         if save_renders:
             from recon.train.checkpoint import atomic_write_text
 

@@ -1,0 +1,358 @@
+"""Mesh reconstruction from posed images, in two stages on the shared training loop.
+
+1. **Iso-surface** (``optim.geometry_steps``): SDF, deformation and color on the vertices of a generated
+   tetrahedral grid (:class:`~recon.scenes.tetgrid.TetGrid`); marching tetrahedra extracts a mesh every step,
+   which is rendered through the mesh raster ops; photometric + silhouette losses reach the SDF through the
+   interpolated vertex positions and colors and through the antialiased silhouettes, so the topology is found
+   by optimization. The SDF starts from the visual hull of the alpha masks when the dataset has coverage alpha.
+2. **Textured refinement**: the final surface is extracted once, cleaned of small components and UV-mapped
+   with xatlas; the base-color texture (initialized by rasterizing the stage-1 colors in UV space) and the vertex
+   positions are optimized with uniform-Laplacian and normal-consistency regularizers.
+
+Colors (grid colors, texels) are linear; the renderer encodes to sRGB, so losses compare with the images as
+stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recon.evaluate import composite, fill_invalid
+from recon.metrics import psnr
+from recon.renderers import MeshSettings, RenderSettings
+from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
+from recon.scenes.mesh import MeshMaterial, MeshScene
+from recon.scenes.tetgrid import TetGrid
+from recon.train.checkpoint import latest_checkpoint
+from recon.train.init import _has_masks, look_at_center
+from recon.train.trainer import Trainer, TrainingError
+
+GEOMETRY, TEXTURE = "geometry", "texture"
+
+
+def visual_hull_occupancy(points: torch.Tensor, cameras, images: torch.Tensor, chunk: int = 65536,
+                          min_seen: float = 0.25) -> torch.Tensor:
+    """``[P]`` bool: points that project inside the alpha mask (alpha > 0.5) of every view that sees them and
+    are seen by at least ``min_seen`` of the views (space that few cameras look at is not object)."""
+    h, w = images.shape[1:3]
+    alpha = images[..., 3]
+    out = torch.empty(len(points), dtype=torch.bool)
+    cams = cameras.to(dtype=torch.float32)
+    for s in range(0, len(points), chunk):
+        uv, z = cams.project(points[s : s + chunk].float())
+        col, row = uv[..., 0].floor().long(), uv[..., 1].floor().long()
+        seen = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        ci = torch.arange(len(cams))[:, None].expand_as(col)
+        a = alpha[ci, row.clamp(0, h - 1), col.clamp(0, w - 1)]
+        out[s : s + chunk] = ((a > 0.5) | ~seen).all(0) & (seen.sum(0) >= max(1.0, min_seen * len(cams)))
+    return out
+
+
+def initial_grid(cfg, data, mask_alpha: bool) -> TetGrid:
+    """The tet grid and its initial SDF: visual hull (signed distance to the carved occupancy) or a sphere."""
+    from scipy import ndimage
+
+    m = cfg.model
+    cams, images = data.train.cameras, data.train.images
+    hull = m.init == "visual_hull" or (m.init == "auto" and not mask_alpha and _has_masks(images))
+    if m.init == "visual_hull" and (mask_alpha or not _has_masks(images)):
+        raise ValueError("model.init = 'visual_hull' needs a dataset with coverage alpha (RGBA object masks)")
+    center = look_at_center(cams).float()
+    dist = (cams.centers().float() - center).norm(dim=-1).median().item()
+    lo, hi = center - 0.5 * dist, center + 0.5 * dist
+    if hull:
+        # A coarse carve finds the object's box; the grid then covers it with a margin.
+        coarse = TetGrid(32, lo, hi).base_vertices
+        occ = visual_hull_occupancy(coarse, cams, images)
+        if not occ.any():
+            raise ValueError(f"the visual hull of {data.root} is empty: no point lies inside every alpha mask")
+        pts = coarse[occ]
+        cell = (hi - lo) / 32
+        lo, hi = pts.min(0).values - cell, pts.max(0).values + cell
+        size = (hi - lo).max()
+        mid = 0.5 * (lo + hi)
+        lo, hi = mid - 0.5 * size * (1 + 2 * m.bounds_margin), mid + 0.5 * size * (1 + 2 * m.bounds_margin)
+    grid = TetGrid(m.grid_resolution, lo, hi)
+    n = m.grid_resolution + 1
+    cell = float((hi - lo).max()) / m.grid_resolution
+    if hull:
+        occ = visual_hull_occupancy(grid.base_vertices, cams, images).reshape(n, n, n).numpy()
+        d_out = ndimage.distance_transform_edt(~occ) * cell
+        d_in = ndimage.distance_transform_edt(occ) * cell
+        sdf = np.where(occ, 0.5 * cell - d_in, d_out - 0.5 * cell)
+    else:
+        sdf = (grid.base_vertices - 0.5 * (lo + hi)).norm(dim=-1).numpy() - 0.25 * float((hi - lo).min())
+    with torch.no_grad():
+        grid.sdf.copy_(torch.as_tensor(sdf, dtype=torch.float32).reshape(-1))
+    return grid
+
+
+def sdf_sign_loss(grid: TetGrid) -> torch.Tensor:
+    """nvdiffrec's regularizer: binary cross-entropy pushing each end of a surface-crossing grid edge towards the
+    sign of the other end (few, clean crossings; suppresses floaters and noisy surfaces)."""
+    tets = grid.tets[grid.surface_tets()]
+    if len(tets) == 0:
+        return grid.sdf.sum() * 0
+    edges = tets[:, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]].reshape(-1, 2)
+    sa, sb = grid.sdf[edges[:, 0]], grid.sdf[edges[:, 1]]
+    cross = (sa > 0) != (sb > 0)
+    sa, sb = sa[cross], sb[cross]
+    return 0.5 * (F.binary_cross_entropy_with_logits(sa, (sb > 0).float())
+                  + F.binary_cross_entropy_with_logits(sb, (sa > 0).float()))
+
+
+def keep_large_components(verts: torch.Tensor, faces: torch.Tensor, min_faces: int):
+    """Drop connected components with fewer than ``min_faces`` faces (the largest one is always kept).
+    Returns ``(vertices [V', 3], faces [F', 3], kept [V'])`` where ``kept`` indexes the input vertices."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    f = faces.cpu().numpy()
+    n = len(verts)
+    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    _, label = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
+    face_label = label[f[:, 0]]
+    counts = np.bincount(face_label)
+    keep_f = counts[face_label] >= min(min_faces, counts.max())
+    f = f[keep_f]
+    used = np.unique(f)
+    remap = np.full(n, -1)
+    remap[used] = np.arange(len(used))
+    kept = torch.as_tensor(used, dtype=torch.long)
+    return verts[kept], torch.as_tensor(remap[f], dtype=torch.long), kept
+
+
+def uv_atlas(verts: torch.Tensor, faces: torch.Tensor, texture_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """xatlas UV atlas: ``uvs [T, 2]`` (docs/mesh.md convention) and ``uv_faces [F, 3]`` matching ``faces``."""
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(verts.detach().cpu().numpy().astype(np.float32), faces.cpu().numpy().astype(np.uint32))
+    chart = xatlas.ChartOptions()
+    chart.max_iterations = 1
+    pack = xatlas.PackOptions()
+    pack.resolution = texture_size
+    pack.padding = 2
+    pack.bilinear = True
+    atlas.generate(chart, pack)
+    vmapping, indices, uvs = atlas[0]
+    if not np.array_equal(vmapping[indices], faces.cpu().numpy()):
+        raise RuntimeError("xatlas changed the face order; cannot map UV faces onto the mesh")
+    return torch.as_tensor(uvs, dtype=torch.float32), torch.as_tensor(indices.astype(np.int64))
+
+
+def bake_vertex_colors(uvs: torch.Tensor, uv_faces: torch.Tensor, colors: torch.Tensor, faces: torch.Tensor,
+                       size: int, backend: str) -> torch.Tensor:
+    """Rasterize the mesh in UV space and interpolate ``colors [V, 3]``: a ``[size, size, 3]`` texture; texels
+    outside every chart take the nearest chart color (dilation), so bilinear lookups at seams stay clean."""
+    from scipy import ndimage
+
+    from recon.renderers.mesh.rasterize import interpolate, rasterize
+
+    # uv (0..1) -> NDC (-1..1); w = 1, z = 0: an orthographic "camera" looking at the atlas.
+    pos = torch.cat([uvs * 2 - 1, torch.zeros_like(uvs[:, :1]), torch.ones_like(uvs[:, :1])], -1)[None]
+    # Per-corner colors: the UV vertices of a corner take the color of the position vertex of that corner.
+    corner_colors = torch.zeros(len(uvs), 3)
+    corner_colors[uv_faces.reshape(-1)] = colors.detach().cpu()[faces.reshape(-1)]
+    rast, _ = rasterize(pos.contiguous(), uv_faces.to(torch.int32), (size, size), backend=backend)
+    tex = interpolate(corner_colors, rast, uv_faces.to(torch.int32), backend=backend)[0][0]
+    covered = (rast[0, ..., 3] > 0).numpy()
+    if covered.any():
+        idx = ndimage.distance_transform_edt(~covered, return_distances=False, return_indices=True)
+        tex = tex[torch.as_tensor(idx[0]), torch.as_tensor(idx[1])]
+    return tex.clamp(0, 1).contiguous()
+
+
+def mesh_regularizers(verts: torch.Tensor, faces: torch.Tensor, neighbors: torch.Tensor,
+                      face_pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform Laplacian (squared distance of each vertex to its neighbours' mean, from the ``[E, 2]`` directed
+    edge list ``neighbors``) and normal consistency (1 - cos of the normals of the ``[P, 2]`` adjacent face
+    pairs)."""
+    src, dst = neighbors[:, 0], neighbors[:, 1]
+    deg = torch.zeros(len(verts), device=verts.device).index_add_(0, src, torch.ones_like(src, dtype=torch.float32))
+    mean = torch.zeros_like(verts).index_add_(0, src, verts[dst]) / deg.clamp_min(1)[:, None]
+    lap = ((verts - mean) ** 2).sum(-1).mean()
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    n = F.normalize(torch.cross(b - a, c - a, dim=-1), dim=-1, eps=1e-20)
+    cons = (1 - (n[face_pairs[:, 0]] * n[face_pairs[:, 1]]).sum(-1)).mean() if len(face_pairs) else lap * 0
+    return lap, cons
+
+
+def mesh_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Directed vertex neighbours ``[E, 2]`` and pairs of faces sharing an edge ``[P, 2]`` (manifold edges)."""
+    f = faces.long()
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    neighbors = torch.unique(torch.cat([e, e.flip(1)]), dim=0)
+    key = torch.sort(e, dim=1).values
+    face_id = torch.arange(len(f)).repeat(3)
+    order = torch.argsort(key[:, 0] * (int(f.max()) + 1) + key[:, 1])
+    k, fid = key[order], face_id[order]
+    same = (k[1:] == k[:-1]).all(1)
+    pairs = torch.stack([fid[:-1][same], fid[1:][same]], 1)
+    return neighbors, pairs
+
+
+class MeshTrainer(Trainer):
+    """Two-stage textured mesh reconstruction (see the module docstring) on the shared :class:`Trainer` loop."""
+
+    METHOD = "mesh"
+    METHOD_KEYS = frozenset({"stage", "model", "optimizer"})
+
+    def _render_settings(self) -> RenderSettings:
+        # Training and evaluation only compare colors; depth and normals would cost two more interpolations.
+        return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, mesh=MeshSettings(shading="unlit"))
+
+    # --- building ----------------------------------------------------------------------------------------
+    def _init_method(self, state: dict | None, source: str) -> None:
+        if state is None:
+            self.stage = GEOMETRY if self.cfg.optim.geometry_steps > 0 else TEXTURE
+            self.grid = initial_grid(self.cfg, self.data, self.mask).to(self.device)
+            if self.stage == TEXTURE:
+                self._start_texture_stage()
+            else:
+                self._make_optimizer()
+            return
+        self.stage = state["stage"]
+        if self.stage == GEOMETRY:
+            self.grid = TetGrid.from_state(state["model"], source=source).to(self.device)
+        else:
+            self._load_texture_state(state["model"], source)
+        self._make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _make_optimizer(self) -> None:
+        o = self.cfg.optim
+        if self.stage == GEOMETRY:
+            groups = [{"params": [self.grid.sdf], "lr": o.lr_sdf}, {"params": [self.grid.deform], "lr": o.lr_deform},
+                      {"params": [self.grid.color], "lr": o.lr_color}]
+        else:
+            size = float((self.base_vertices.max(0).values - self.base_vertices.min(0).values).max())
+            groups = [{"params": [self.offsets], "lr": o.lr_vertices * size},
+                      {"params": [self.texture], "lr": o.lr_texture}]
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+    def _start_texture_stage(self) -> None:
+        """Extract the surface once, clean it, UV-map it and bake the stage-1 colors into the texture."""
+        m = self.cfg.model
+        with torch.no_grad():
+            verts, faces, colors = self.grid.extract()
+        if len(faces) == 0:
+            raise TrainingError("the iso-surface is empty: nothing to texture (check the masks / model.init)")
+        verts, faces_c, kept = keep_large_components(verts.cpu(), faces.cpu(), m.min_component_faces)
+        uvs, uv_faces = uv_atlas(verts, faces_c, m.texture_size)
+        tex = bake_vertex_colors(uvs, uv_faces, colors.cpu()[kept], faces_c, m.texture_size, self.cfg.backend)
+        self._set_texture_state(verts, faces_c, uvs, uv_faces, tex, torch.zeros_like(verts))
+        self.stage = TEXTURE
+
+    def _set_texture_state(self, verts, faces, uvs, uv_faces, tex, offsets) -> None:
+        dev = self.device
+        self.base_vertices = verts.detach().float().to(dev)
+        self.faces = faces.long().to(dev)
+        self.uvs, self.uv_faces = uvs.float().to(dev), uv_faces.long().to(dev)
+        self.offsets = torch.nn.Parameter(offsets.float().to(dev).clone())
+        self.texture = torch.nn.Parameter(tex.float().to(dev).clone())
+        self.neighbors, self.face_pairs = (t.to(dev) for t in mesh_adjacency(self.faces.cpu()))
+
+    def _load_texture_state(self, st: dict, source: str) -> None:
+        try:
+            self._set_texture_state(st["base_vertices"], st["faces"], st["uvs"], st["uv_faces"], st["texture"],
+                                    st["offsets"])
+        except KeyError as err:
+            raise ValueError(f"{source}: mesh checkpoint lacks {err}") from err
+
+    # --- state -------------------------------------------------------------------------------------------
+    def _method_state(self) -> dict:
+        if self.stage == GEOMETRY:
+            model = self.grid.to_state()
+        else:
+            model = {"base_vertices": self.base_vertices.cpu(), "faces": self.faces.cpu(), "uvs": self.uvs.cpu(),
+                     "uv_faces": self.uv_faces.cpu(), "texture": self.texture.detach().cpu(),
+                     "offsets": self.offsets.detach().cpu()}
+        return {"scene": self.eval_scene().to_state(), "stage": self.stage, "model": model,
+                "optimizer": self.optimizer.state_dict()}
+
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        if self.stage == GEOMETRY:
+            return self.grid.param_groups()
+        return {"offsets": self.offsets, "texture": self.texture}
+
+    def _size_stats(self) -> dict:
+        if self.stage == GEOMETRY:
+            return {"num_faces": int(self._last_faces) if hasattr(self, "_last_faces") else 0}
+        return {"num_faces": len(self.faces)}
+
+    def _arrays(self) -> MeshArrays:
+        if self.stage == GEOMETRY:
+            verts, faces, colors = self.grid.extract()
+            self._last_faces = len(faces)
+            return MeshArrays(vertices=verts, faces=faces, vertex_colors=colors)
+        return MeshArrays(vertices=self.base_vertices + self.offsets, faces=self.faces, uvs=self.uvs,
+                          uv_faces=self.uv_faces, base_color=self.texture)
+
+    @torch.no_grad()
+    def eval_scene(self) -> MeshScene:
+        a = self._arrays()
+        if self.stage == GEOMETRY:
+            return MeshScene(a.vertices.detach(), a.faces, vertex_colors=a.vertex_colors.clamp(0, 1))
+        return MeshScene(a.vertices.detach(), a.faces, uvs=a.uvs, uv_faces=a.uv_faces,
+                         material=MeshMaterial(base_color=a.base_color.detach().clamp(0, 1)))
+
+    def export(self) -> Path:
+        from recon.export.scenes import export_scene
+
+        return export_scene(self.eval_scene().cpu(), "glb", self.run_dir / "exports" / "mesh.glb")
+
+    # --- one step ----------------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        cfg, o = self.cfg, self.cfg.optim
+        if self.stage == GEOMETRY and self.step >= o.geometry_steps:
+            self._start_texture_stage()
+            self._make_optimizer()
+        self.step += 1
+        idx = [self._next_index() for _ in range(min(o.views_per_step, len(self.data.train)))]
+        cams = self.train_cams[idx[0]] if len(idx) == 1 else _cat_cams(self.train_cams, idx)
+        bg = torch.rand(3, generator=self.generator).to(self.device) if cfg.random_background else self.eval_background
+        images = self.train_images[idx]
+        gt = composite(images, bg)
+        arrays = self._arrays()
+        out = render_mesh_arrays(arrays, cams, replace(self.settings, background=bg), shading="unlit")
+        pred = out.rgb
+        if self.mask:
+            gt = fill_invalid(gt, pred, images)
+        loss = (pred - gt).abs().mean()
+        stats = {}
+        if not self.mask and o.lambda_mask > 0:
+            loss = loss + o.lambda_mask * ((out.alpha - images[..., 3:]) ** 2).mean()
+        if self.stage == GEOMETRY:
+            if o.lambda_sdf > 0:
+                loss = loss + o.lambda_sdf * sdf_sign_loss(self.grid)
+        else:
+            lap, cons = mesh_regularizers(arrays.vertices, self.faces, self.neighbors, self.face_pairs)
+            size = float((self.base_vertices.max(0).values - self.base_vertices.min(0).values).max())
+            # The Laplacian is scale-normalized so its weight does not depend on the object's size.
+            loss = loss + o.lambda_laplacian * lap / (size * size) * 1e4 + o.lambda_normal * cons
+        if not torch.isfinite(loss):
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingError(f"loss became {loss.item()} at step {self.step}; training stopped. "
+                                f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
+                                "Lower the learning rates or check the data for NaNs.")
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.step % 50 == 0:
+            self._check_finite()
+        stats.update(loss=loss.item(), psnr=psnr(pred.detach().clamp(0, 1), gt).mean().item())
+        return stats
+
+
+def _cat_cams(cams, idx):
+    from recon.cameras import Cameras
+
+    return Cameras(cams.world_to_cam[idx], cams.K[idx], cams.width, cams.height)
+

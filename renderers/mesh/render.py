@@ -1,0 +1,176 @@
+"""Render triangle meshes through the four raster ops: rasterize -> interpolate -> texture -> antialias.
+
+:func:`render_mesh_arrays` is the functional core (plain tensors, so trainers can render meshes whose vertices
+are produced by other differentiable code, e.g. marching tetrahedra); the registered ``render`` entry for a
+:class:`~recon.scenes.mesh.MeshScene` wraps it.
+
+Materials are linear; ``RenderOutput.rgb`` is sRGB-encoded like the dataset images (what an unlit glTF viewer
+shows), composited over the background *before* antialiasing so silhouette pixels blend object and background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from recon.cameras import Cameras
+from recon.color import linear_to_srgb
+from recon.renderers.interface import RenderOutput, RenderSettings, register_renderer
+from recon.scenes.mesh import MeshScene
+
+DEFAULT_GRAY = 0.5
+"""Linear base color of meshes without texture or vertex colors (sRGB ~0.74)."""
+
+
+@dataclass
+class MeshArrays:
+    """What the mesh renderer needs, as tensors (shapes: V vertices, F faces, T texture coordinates).
+
+    vertices ``[V, 3]`` world; faces ``[F, 3]`` int; uvs ``[T, 2]`` + uv_faces ``[F, 3]`` (docs/mesh.md
+    convention); vertex_colors ``[V, 3]`` linear; base_color ``[Ht, Wt, 3]`` linear texture;
+    roughness_metallic ``[Ht, Wt, 2]``; color_factor ``[3]`` multiplies the base color.
+    """
+
+    vertices: Tensor
+    faces: Tensor
+    uvs: Tensor | None = None
+    uv_faces: Tensor | None = None
+    vertex_colors: Tensor | None = None
+    base_color: Tensor | None = None
+    roughness_metallic: Tensor | None = None
+    color_factor: Tensor | None = None
+
+
+@dataclass
+class MeshAux:
+    """Mesh extras: ``rast [C, H, W, 4]`` (u, v, ndc_z, triangle id + 1) and the geometric (face) normal
+    ``[C, H, W, 3]`` (world space, zero where empty; None unless the "normal" channel was asked for)."""
+
+    rast: Tensor
+    face_normal: Tensor | None
+
+
+def mesh_arrays(scene: MeshScene) -> MeshArrays:
+    """The tensors of a :class:`MeshScene` (textures only when it has texture coordinates)."""
+    has_uv = getattr(scene, "uvs", None) is not None and getattr(scene, "uv_faces", None) is not None
+    factor = getattr(scene, "base_color_factor", None)
+    return MeshArrays(vertices=scene.vertices, faces=scene.faces, uvs=scene.uvs if has_uv else None,
+                      uv_faces=scene.uv_faces if has_uv else None,
+                      vertex_colors=getattr(scene, "vertex_colors", None),
+                      base_color=getattr(scene, "base_color", None) if has_uv else None,
+                      roughness_metallic=getattr(scene, "roughness_metallic", None) if has_uv else None,
+                      color_factor=None if factor is None else factor[:3])
+
+
+def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
+    """Area-weighted unit vertex normals ``[V, 3]`` (differentiable); zero for unreferenced vertices."""
+    f = faces.long()
+    a, b, c = vertices[f[:, 0]], vertices[f[:, 1]], vertices[f[:, 2]]
+    n = torch.cross(b - a, c - a, dim=-1)
+    out = torch.zeros_like(vertices).index_add(0, f.reshape(-1), n.repeat_interleave(3, dim=0))
+    return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+
+
+def clip_planes(vertices: Tensor, cameras: Cameras) -> tuple[float, float]:
+    """Near/far planes enclosing the mesh's bounding box in every camera (near >= far * 1e-4)."""
+    v = vertices.detach()
+    lo, hi = v.min(0).values, v.max(0).values
+    corners = torch.cartesian_prod(*[torch.stack([lo[k], hi[k]]) for k in range(3)])
+    z = (cameras.world_to_cam[:, 2, :3].to(v) @ corners.T) + cameras.world_to_cam[:, 2, 3:].to(v)
+    far = max(float(z.max()) * 1.05, 1e-3)
+    near = max(float(z.min()) * 0.95, far * 1e-4)
+    return near, far
+
+
+def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSettings,
+                       shading: str = "unlit") -> RenderOutput:
+    """Render ``mesh`` into every camera: rgb/alpha ``[C, H, W, *]``, depth and normal when
+    ``settings.channels`` asks for them, the G-buffer (albedo; roughness and metallic with a roughness-metallic
+    texture) and :class:`MeshAux`. Differentiable w.r.t. every tensor of ``mesh``.
+
+    ``shading`` is "unlit" or "headlight" (see :class:`~recon.renderers.interface.MeshSettings`).
+    """
+    from recon.renderers.mesh.antialias import antialias
+    from recon.renderers.mesh.rasterize import interpolate, rasterize
+    from recon.renderers.mesh.texture import texture
+
+    ms = settings.mesh
+    verts = mesh.vertices
+    device = verts.device
+    faces = mesh.faces.to(device=device, dtype=torch.int32)
+    cams = cameras.to(device=device, dtype=torch.float32)
+    be = settings.backend
+    H, W = cams.height, cams.width
+    C = len(cams)
+    bg = settings.background
+    bg = torch.zeros(3, device=device) if bg is None else torch.as_tensor(bg, dtype=torch.float32, device=device)
+    if len(faces) == 0:
+        empty = torch.zeros(C, H, W, 1, device=device)
+        return RenderOutput(rgb=bg.expand(C, H, W, 3).clone(), alpha=empty, depth=empty.clone(),
+                            normal=torch.zeros(C, H, W, 3, device=device),
+                            gbuffer={"albedo": torch.zeros(C, H, W, 3, device=device)})
+    near, far = clip_planes(verts, cams)
+    near = ms.near if ms.near is not None else near
+    far = ms.far if ms.far is not None else far
+    clip_m = cams.clip_matrices(near, far)
+    pos = torch.einsum("cij,vj->cvi", clip_m, torch.cat([verts, torch.ones_like(verts[:, :1])], -1))
+    rast, rast_db = rasterize(pos, faces, (H, W), backend=be)
+    covered = rast[..., 3:4] > 0
+    cov_f = covered.float()
+    channels = settings.channels
+    depth = normal = face_normal = None
+    if "depth" in channels:
+        depth = interpolate(pos[..., 3:4].contiguous(), rast, faces, backend=be)[0] * cov_f
+    if "normal" in channels or shading == "headlight":
+        vn = vertex_normals(verts, faces)
+        normal = interpolate(vn, rast, faces, backend=be)[0]
+        normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-20) * cov_f
+        f_long = faces.long()
+        fn = torch.cross(verts[f_long[:, 1]] - verts[f_long[:, 0]], verts[f_long[:, 2]] - verts[f_long[:, 0]],
+                         dim=-1)
+        fn = fn / fn.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+        face_normal = fn[(rast[..., 3].long() - 1).clamp_min(0)] * cov_f
+
+    gbuffer: dict[str, Tensor] = {}
+    if mesh.base_color is not None and mesh.uvs is not None:
+        uv_faces = mesh.uv_faces.to(device=device, dtype=torch.int32)
+        uv, uv_da = interpolate(mesh.uvs, rast, uv_faces, rast_db=rast_db, diff_attrs="all", backend=be)
+        filt = ms.texture_filter
+        color = texture(mesh.base_color, uv, uv_da, filter_mode=filt, boundary_mode="wrap", backend=be)
+        if mesh.roughness_metallic is not None:
+            rm = texture(mesh.roughness_metallic, uv, uv_da, filter_mode=filt, boundary_mode="wrap", backend=be)
+            gbuffer["roughness"], gbuffer["metallic"] = rm[..., :1] * cov_f, rm[..., 1:2] * cov_f
+    elif mesh.vertex_colors is not None:
+        color = interpolate(mesh.vertex_colors, rast, faces, backend=be)[0]
+    else:
+        color = torch.full((C, H, W, 3), DEFAULT_GRAY, device=device)
+    if mesh.color_factor is not None:
+        color = color * mesh.color_factor.to(color)
+    gbuffer["albedo"] = color * cov_f
+
+    if shading == "headlight":
+        world = interpolate(verts, rast, faces, backend=be)[0]
+        view = world - cams.centers()[:, None, None, :]
+        view = view / view.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+        lin = color * (0.2 + 0.8 * (normal * view).sum(-1, keepdim=True).abs())
+    else:
+        lin = color
+    rgb = linear_to_srgb(lin.clamp(0.0, 1.0)) * cov_f + bg * (1.0 - cov_f)
+    alpha = cov_f
+    if ms.antialias:
+        blended = antialias(torch.cat([rgb, alpha], dim=-1).contiguous(), rast, pos, faces, backend=be)
+        rgb, alpha = blended[..., :3], blended[..., 3:]
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal, gbuffer=gbuffer,
+                        aux=MeshAux(rast=rast, face_normal=face_normal))
+
+
+@register_renderer(MeshScene)
+def render_mesh(scene: MeshScene, cameras: Cameras, settings: RenderSettings) -> RenderOutput:
+    """Render a :class:`MeshScene` (see :func:`render_mesh_arrays`)."""
+    arrays = mesh_arrays(scene)
+    shading = settings.mesh.shading
+    if shading == "auto":
+        shading = "unlit" if (arrays.base_color is not None or arrays.vertex_colors is not None) else "headlight"
+    return render_mesh_arrays(arrays, cameras, settings, shading=shading)
