@@ -15,7 +15,15 @@ returns one dict; the report holds the machine info and one entry per section. S
   the median process CPU time (``*_cpu_s``, all threads) is recorded too, as wall times move with other load.
   Agreement: closest-hit triangle ids on rays that hit in either, max relative t difference where they agree,
   any-hit equality.
-* ``raster``: placeholder for the mesh rasterizer section (returns ``{"skipped": ...}``).
+* ``raster``: the same mesh and the same 8 views at 512x512. Forward of ``rasterize`` + ``interpolate`` (camera z)
+  on the ``cpu`` backend for all views vs open3d ``cast_rays`` on the same pixel-center rays (``Cameras.rays()``,
+  ray generation and Embree's build timed apart), their speed ratio and agreement (triangle ids on pixels covered
+  in either, max relative depth difference where they agree); the ``torch`` twin's forward on one view. Then
+  forward + backward of rasterize -> interpolate (uv with ``rast_db``) -> texture (1024^2 RGB, trilinear) ->
+  antialias on ``cpu`` for all views, loss ``sum(out * w)`` with fixed random ``w``, gradients w.r.t. vertices,
+  uvs and texture (spherical-projection uvs: the armadillo has none). Threads and load averages are recorded.
+
+``--out X.json`` also writes ``X.png``: recon cpu vs open3d times (needs matplotlib; skipped without it).
 """
 
 from __future__ import annotations
@@ -207,9 +215,204 @@ def bench_raycast(args) -> dict:
 # -------------------------------------------------------------------------------------------------- raster
 
 
+RASTER_SIZE = 512
+TEXTURE_SIZE = 1024
+
+
+def _clip_positions(v, cams):
+    """World vertices [V, 3] -> clip-space positions [C, V, 4] (near / far enclose the mesh in every view)."""
+    import torch
+
+    from recon.renderers.mesh.render import clip_planes
+
+    near, far = clip_planes(v.detach(), cams)
+    clip = cams.clip_matrices(near, far).to(v.dtype)
+    return torch.einsum("cij,vj->cvi", clip, torch.cat([v, torch.ones_like(v[:, :1])], -1)).contiguous()
+
+
+def _sources_sha1(family: str) -> str:
+    """sha1 of the C++ sources of cuda/<family> (the kernels change while the repo is worked on)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for src in sorted((REPO / "cuda" / family).glob("*")):
+        h.update(src.name.encode() + src.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _raster_forward(v, f, cams, repeats: int) -> tuple[dict, object]:
+    """rasterize + interpolate(camera z) forward on the cpu backend, all views; returns (timings, rast)."""
+    import torch
+
+    from recon.renderers.mesh.rasterize import interpolate, rasterize
+
+    pos, tri = _clip_positions(v, cams), f.to(torch.int32)
+
+    def forward():
+        rast, _ = rasterize(pos, tri, (RASTER_SIZE, RASTER_SIZE), backend="cpu")
+        z, _ = interpolate(pos[..., 3:4], rast, tri, backend="cpu")  # clip w = camera-space z
+        return rast, z
+
+    wall, cpu, (rast, z) = timed(forward, repeats)
+    return {"forward_s": wall, "forward_cpu_s": cpu, "forward_s_per_view": wall / len(cams),
+            "coverage": (rast[..., 3] > 0).float().mean().item()}, (rast, z)
+
+
+def _open3d_primary(v, f, cams, rast_z, repeats: int, threads: int) -> dict:
+    """open3d cast_rays on the same pixel-center rays; timings and agreement with the rasterizer."""
+    import numpy as np
+    import torch
+
+    try:
+        import open3d as o3d
+    except ImportError:
+        return {"skipped": "open3d is not installed (pip install 'recon[open3d]')"}
+    t0 = time.perf_counter()
+    o, d = cams.rays()
+    rays_s = time.perf_counter() - t0
+    rays = o3d.core.Tensor(torch.cat([o, d], -1).float().reshape(-1, 6).contiguous().numpy())
+    t0 = time.perf_counter()
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(v.numpy()), o3d.core.Tensor(f.numpy().astype(np.uint32)))
+    scene.cast_rays(rays[:1], nthreads=threads)  # Embree builds its BVH on the first query
+    build_s = time.perf_counter() - t0
+    wall, cpu, ans = timed(lambda: scene.cast_rays(rays, nthreads=threads), repeats)
+    ids = torch.from_numpy(ans["primitive_ids"].numpy().astype(np.int64))
+    ids[ids == 2**32 - 1] = -1
+    rast, z = rast_z
+    rid = rast[..., 3].reshape(-1).long() - 1
+    either = (rid >= 0) | (ids >= 0)
+    agree = either & (rid == ids)
+    # Ray distance t along the unit direction -> camera z: z = t * (d . camera forward axis).
+    fwd = cams.world_to_cam[:, 2, :3].to(d.dtype)
+    z3 = torch.from_numpy(ans["t_hit"].numpy()).double() * (d * fwd[:, None]).sum(-1).reshape(-1)
+    rel = (z.reshape(-1).double()[agree] - z3[agree]).abs() / z3[agree]
+    return {"cast_rays_s": wall, "cast_rays_cpu_s": cpu, "cast_rays_s_per_view": wall / len(cams),
+            "build_s": build_s, "rays_s": rays_s, "nthreads": threads,
+            "agreement": {"pixels_covered_in_either": int(either.sum()),
+                          "id_agreement": agree.sum().item() / max(1, int(either.sum())),
+                          "ids_differ": int((either & ~agree).sum()),
+                          "covered_only_raster": int(((rid >= 0) & (ids < 0)).sum()),
+                          "covered_only_open3d": int(((rid < 0) & (ids >= 0)).sum()),
+                          "depth_max_rel_diff": rel.max().item() if rel.numel() else 0.0}}
+
+
+def _raster_chain(v, f, cams, repeats: int) -> dict:
+    """Forward + backward of rasterize -> interpolate(uv, rast_db) -> texture (trilinear) -> antialias."""
+    import torch
+
+    from recon.renderers.mesh.antialias import antialias
+    from recon.renderers.mesh.rasterize import interpolate, rasterize
+    from recon.renderers.mesh.texture import texture
+
+    g = torch.Generator().manual_seed(0)
+    d = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    uvs = torch.stack([torch.atan2(d[:, 1], d[:, 0]) / (2 * math.pi), torch.acos(d[:, 2].clamp(-1, 1)) / math.pi], 1)
+    verts, uvs = v.clone().requires_grad_(True), uvs.contiguous().requires_grad_(True)
+    tex = torch.rand(TEXTURE_SIZE, TEXTURE_SIZE, 3, generator=g).requires_grad_(True)
+    weights = torch.rand(len(cams), RASTER_SIZE, RASTER_SIZE, 3, generator=g)
+    tri = f.to(torch.int32)
+
+    def forward():
+        pos = _clip_positions(verts, cams)
+        rast, rast_db = rasterize(pos, tri, (RASTER_SIZE, RASTER_SIZE), backend="cpu")
+        uv, uv_da = interpolate(uvs, rast, tri, rast_db, diff_attrs="all", backend="cpu")
+        color = texture(tex, uv, uv_da, filter_mode="linear-mipmap-linear", backend="cpu")
+        color = torch.where(rast[..., 3:4] > 0, color, torch.zeros_like(color))
+        return (antialias(color, rast, pos, tri, backend="cpu") * weights).sum()
+
+    fwd, bwd, fwd_cpu, bwd_cpu = [], [], [], []
+    for i in range(repeats + 1):  # the first iteration is a warm-up
+        for x in (verts, uvs, tex):
+            x.grad = None
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = forward()
+        t1, c1 = time.perf_counter(), time.process_time()
+        loss.backward()
+        t2, c2 = time.perf_counter(), time.process_time()
+        if i:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            fwd_cpu.append(c1 - c0)
+            bwd_cpu.append(c2 - c1)
+    total = [a + b for a, b in zip(fwd, bwd)]
+    finite = all(bool(torch.isfinite(x.grad).all()) for x in (verts, uvs, tex))
+    return {"forward_s": statistics.median(fwd), "backward_s": statistics.median(bwd),
+            "total_s": statistics.median(total), "total_s_per_view": statistics.median(total) / len(cams),
+            "forward_cpu_s": statistics.median(fwd_cpu), "backward_cpu_s": statistics.median(bwd_cpu),
+            "total_s_all": total, "gradients_finite": finite,
+            "grad_norms": {"vertices": verts.grad.norm().item(), "uvs": uvs.grad.norm().item(),
+                           "texture": tex.grad.norm().item()}}
+
+
+def _one_thread_pair(v, f, cams, repeats: int, threads: int) -> dict:
+    """recon cpu forward and open3d cast_rays again on one thread each: on a loaded shared machine a multi-threaded
+    region waits for descheduled workers, so the per-core comparison is the steadier one."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        one, rast_z = _raster_forward(v, f, cams, repeats)
+        o3d_one = _open3d_primary(v, f, cams, rast_z, repeats, 1)
+    finally:
+        torch.set_num_threads(threads)
+    out = {"cpu_forward_s": one["forward_s"], "open3d_cast_rays_s": o3d_one.get("cast_rays_s")}
+    if o3d_one.get("cast_rays_s"):
+        out["speedup_recon_cpu_over_open3d"] = o3d_one["cast_rays_s"] / one["forward_s"]
+    return out
+
+
+def _torch_one_view(v, f, cam, repeats: int) -> dict:
+    """The torch twin's rasterize + interpolate forward on one view (it is slow)."""
+    import torch
+
+    from recon.renderers.mesh.rasterize import interpolate, rasterize
+
+    pos, tri = _clip_positions(v, cam), f.to(torch.int32)
+
+    def forward():
+        rast, _ = rasterize(pos, tri, (RASTER_SIZE, RASTER_SIZE), backend="torch")
+        return interpolate(pos[..., 3:4], rast, tri, backend="torch")[0]
+
+    n = max(1, min(repeats, 3))
+    wall, cpu, _ = timed(forward, n)
+    return {"forward_s_per_view": wall, "forward_cpu_s": cpu, "repeats": n}
+
+
 def bench_raster(args) -> dict:
-    """Mesh rasterization section: TO BE FILLED IN (the lead owns this section)."""
-    return {"skipped": "raster section not written yet"}
+    """rasterize + interpolate forward (cpu, torch) vs open3d primary rays; full raster chain forward + backward."""
+    import torch
+
+    path = Path(args.mesh) if args.mesh else DATA / "meshes" / "armadillo.obj"
+    v, f = load_mesh(path)
+    cams = orbit_cameras(size=RASTER_SIZE)
+    threads = torch.get_num_threads()
+    out = {"mesh": str(path), "num_vertices": v.shape[0], "num_faces": f.shape[0], "views": len(cams),
+           "resolution": [RASTER_SIZE, RASTER_SIZE], "cameras": "as the raycast section (orbit_cameras, fx=fy=600)",
+           "threads": threads, "repeats": args.repeats, "load_average_1min_start": os.getloadavg()[0],
+           "note": "shared machine: other jobs ran concurrently (see load averages); wall times move with that load, "
+                   "*_cpu_s (process CPU time, all threads) less so",
+           "mesh_raster_sources_sha1": _sources_sha1("mesh_raster"),
+           "mesh_texture_sources_sha1": _sources_sha1("mesh_texture")}
+    out["cpu"], rast_z = _raster_forward(v, f, cams, args.repeats)
+    out["rss_mb_after_cpu_forward"] = rss_mb()
+    out["open3d"] = _open3d_primary(v, f, cams, rast_z, args.repeats, threads)
+    if "cast_rays_s" in out["open3d"]:
+        out["speedup_recon_cpu_over_open3d"] = out["open3d"]["cast_rays_s"] / out["cpu"]["forward_s"]
+    del rast_z
+    out["one_thread"] = _one_thread_pair(v, f, cams, args.repeats, threads)
+    out["chain"] = {"what": "rasterize -> interpolate(uv, rast_db, diff_attrs='all') -> texture "
+                            f"({TEXTURE_SIZE}^2 RGB, linear-mipmap-linear, wrap) -> antialias; cpu backend, all views;"
+                            " loss = sum(output * fixed random weights); gradients w.r.t. vertices, uvs, texture",
+                    "uvs": "spherical projection per vertex of the unit-sphere-normalized mesh: u = atan2(y, x) / 2pi, "
+                           "v = acos(z) / pi (the mesh has no uvs; good enough for timing, seam triangles included)",
+                    **_raster_chain(v, f, cams, args.repeats)}
+    out["rss_mb_after_chain"] = rss_mb()
+    out["torch_one_view"] = _torch_one_view(v, f, cams[0], args.repeats)
+    out["torch_one_view"]["slowdown_over_cpu_backend"] = (out["torch_one_view"]["forward_s_per_view"]
+                                                          / out["cpu"]["forward_s_per_view"])
+    out["load_average_1min_end"] = os.getloadavg()[0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -235,10 +438,71 @@ def print_summary(report: dict) -> None:
               f"{a['any_hit_differ']}")
 
 
+def print_raster_summary(report: dict) -> None:
+    rs = report["sections"].get("raster", {})
+    if "cpu" not in rs:
+        return
+    print(f"\nraster: {rs['mesh']} ({rs['num_faces']} triangles), {rs['views']} views of {rs['resolution']}, "
+          f"{rs['threads']} threads, load {rs['load_average_1min_start']:.1f} -> {rs['load_average_1min_end']:.1f}")
+    print(f"rasterize+interpolate cpu: {1e3 * rs['cpu']['forward_s']:.1f} ms "
+          f"({1e3 * rs['cpu']['forward_s_per_view']:.1f} ms/view); torch twin "
+          f"{1e3 * rs['torch_one_view']['forward_s_per_view']:.0f} ms/view")
+    o3 = rs.get("open3d", {})
+    if "cast_rays_s" in o3:
+        a, one = o3["agreement"], rs["one_thread"]
+        print(f"open3d cast_rays: {1e3 * o3['cast_rays_s']:.1f} ms (build {1e3 * o3['build_s']:.1f} ms); open3d / "
+              f"recon = {rs['speedup_recon_cpu_over_open3d']:.2f}; ids agree on {100 * a['id_agreement']:.4f}% of "
+              f"{a['pixels_covered_in_either']} pixels ({a['ids_differ']} differ), depth max rel diff "
+              f"{a['depth_max_rel_diff']:.1e}")
+        print(f"one thread: recon {1e3 * one['cpu_forward_s']:.1f} ms, open3d {1e3 * one['open3d_cast_rays_s']:.1f} ms "
+              f"(open3d / recon = {one['speedup_recon_cpu_over_open3d']:.2f})")
+    ch = rs["chain"]
+    print(f"raster chain fwd+bwd: {1e3 * ch['total_s']:.0f} ms (fwd {1e3 * ch['forward_s']:.0f}, bwd "
+          f"{1e3 * ch['backward_s']:.0f}); peak RSS {rs['peak_rss_mb']:.0f} MB")
+
+
+def plot_report(report: dict, path: Path) -> None:
+    """Bar chart of recon cpu vs open3d wall times (ms) per measurement; skipped without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install 'recon[plot]')")
+        return
+    bars = []  # (label, recon seconds, open3d seconds)
+    rc = report["sections"].get("raycast", {})
+    for name in rc.get("rays", {}) if "build_s" in rc.get("open3d", {}) else ():
+        for q in ("closest", "any"):
+            bars.append((f"BVH {q}-hit\n{name}", rc["recon"][name][f"{q}_s"], rc["open3d"][name][f"{q}_s"]))
+    rs = report["sections"].get("raster", {})
+    if "cast_rays_s" in rs.get("open3d", {}):
+        bars.append(("primary hits 8x512^2\nrasterize+interpolate", rs["cpu"]["forward_s"],
+                     rs["open3d"]["cast_rays_s"]))
+        bars.append(("primary hits 8x512^2\n1 thread", rs["one_thread"]["cpu_forward_s"],
+                     rs["one_thread"]["open3d_cast_rays_s"]))
+    if not bars:
+        return
+    fig, ax = plt.subplots(figsize=(2.2 * len(bars) + 2, 4))
+    xs = range(len(bars))
+    ax.bar([x - 0.2 for x in xs], [1e3 * b[1] for b in bars], 0.4, label="recon cpu")
+    ax.bar([x + 0.2 for x in xs], [1e3 * b[2] for b in bars], 0.4, label="open3d (Embree)")
+    ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=8)
+    ax.set_ylabel("wall time (ms, median)")
+    machine = report["machine"]
+    ax.set_title(f"recon vs open3d, {machine.get('torch_threads')} threads, shared machine "
+                 f"(load {machine.get('load_average_1min', 0):.1f})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="JSON file to write")
-    ap.add_argument("--mesh", default=None, help="OBJ for the raycast section (default: shared armadillo.obj)")
+    ap.add_argument("--mesh", default=None, help="OBJ for both sections (default: shared armadillo.obj)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated, from {list(SECTIONS)}")
     ap.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -268,7 +532,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print_summary(report)
+    print_raster_summary(report)
     print(f"wrote {args.out}")
+    plot_report(report, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "colmap_to_world_to_cam",
     "quat_wxyz_to_rotmat",
     "intrinsics_matrix",
+    "look_at",
 ]
 
 _OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
@@ -68,6 +69,29 @@ def colmap_to_world_to_cam(qvec: torch.Tensor, tvec: torch.Tensor) -> torch.Tens
     out[..., :3, 3] = tvec.to(torch.float64)
     out[..., 3, 3] = 1.0
     return out
+
+
+def look_at(eyes: torch.Tensor, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> torch.Tensor:
+    """OpenCV world-to-camera matrices ``[C, 4, 4]`` (float64) of cameras at ``eyes [C, 3]`` looking at ``target``
+    with ``up`` pointing up in the image (image y = down = -up projected). Raises ``ValueError`` when a view
+    direction is parallel to ``up`` or an eye sits on the target."""
+    eyes = torch.as_tensor(eyes, dtype=torch.float64).reshape(-1, 3)
+    target = torch.as_tensor(target, dtype=torch.float64)
+    up = torch.as_tensor(up, dtype=torch.float64)
+    fwd = target - eyes
+    if (fwd.norm(dim=-1) < 1e-12).any():
+        raise ValueError("look_at: an eye coincides with the target")
+    fwd = fwd / fwd.norm(dim=-1, keepdim=True)
+    right = torch.cross(fwd, up.expand_as(fwd), dim=-1)
+    if (right.norm(dim=-1) < 1e-9).any():
+        raise ValueError("look_at: a view direction is parallel to the up vector")
+    right = right / right.norm(dim=-1, keepdim=True)
+    down = torch.cross(fwd, right, dim=-1)
+    rot = torch.stack([right, down, fwd], dim=1)  # rows: camera axes in world coordinates
+    w2c = torch.eye(4, dtype=torch.float64).repeat(len(eyes), 1, 1)
+    w2c[:, :3, :3] = rot
+    w2c[:, :3, 3] = -(rot @ eyes[:, :, None])[..., 0]
+    return w2c
 
 
 def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:

@@ -347,8 +347,8 @@ def cmd_render(args: list[str]) -> int:
 
 def _write_video(path: Path, frames: list, fps: int) -> None:
     try:
-        import imageio_ffmpeg  # noqa: F401
         import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401
     except ImportError:
         print("recon render: imageio-ffmpeg is not installed (pip install 'recon[video]'); frames only")
         return

@@ -1,50 +1,17 @@
 """The mesh ray caster: C++ BVH vs open3d (Embree) and vs the torch twin, watertightness, edge cases, errors."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _mesh_util import cameras_at, read_obj, unit_sphere
 
-from recon.cameras import Cameras, intrinsics_matrix
+from recon.cameras import Cameras
 from recon.renderers._build import load_cpu_extension
 from recon.renderers.mesh.raycast import RayCaster, RayHits
 
 INF = math.inf
-
-
-def read_obj(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions [V, 3] float64 and triangles [F, 3] int64 of an OBJ (v / f records; polygons fanned)."""
-    verts, faces = [], []
-    for line in path.read_text().splitlines():
-        tok = line.split()
-        if not tok:
-            continue
-        if tok[0] == "v":
-            verts.append([float(x) for x in tok[1:4]])
-        elif tok[0] == "f":
-            ids = [int(t.split("/")[0]) for t in tok[1:]]
-            ids = [i - 1 if i > 0 else len(verts) + i for i in ids]
-            faces += [[ids[0], ids[k], ids[k + 1]] for k in range(1, len(ids) - 1)]
-    return torch.tensor(verts, dtype=torch.float64), torch.tensor(faces, dtype=torch.int64)
-
-
-def unit_sphere(v: torch.Tensor) -> torch.Tensor:
-    """Center the bounding box at the origin and scale the farthest vertex to radius 1; float32."""
-    v = v - (v.amax(0) + v.amin(0)) / 2
-    return (v / v.norm(dim=1).max()).float()
-
-
-def look_at_origin(eye: np.ndarray) -> np.ndarray:
-    """OpenCV world-to-camera [4, 4] of a camera at eye looking at the origin (z up in the world)."""
-    z = -eye / np.linalg.norm(eye)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    rot = np.stack([x, np.cross(z, x), z])
-    w2c = np.eye(4)
-    w2c[:3, :3], w2c[:3, 3] = rot, -rot @ eye
-    return w2c
 
 
 def orbit_cameras(n=8, radius=3.0, size=512, focal=600.0) -> Cameras:
@@ -52,13 +19,11 @@ def orbit_cameras(n=8, radius=3.0, size=512, focal=600.0) -> Cameras:
     for i in range(n):
         a, el = 2 * math.pi * i / n, 0.5 * math.sin(3 * 2 * math.pi * i / n)
         eyes.append(radius * np.array([math.cos(a) * math.cos(el), math.sin(a) * math.cos(el), math.sin(el)]))
-    w2c = torch.tensor(np.stack([look_at_origin(e) for e in eyes]))
-    K = intrinsics_matrix(focal, focal, size / 2, size / 2)[None].repeat(n, 1, 1)
-    return Cameras(w2c, K, size, size)
+    return cameras_at(np.stack(eyes), (size, size), focal)
 
 
 def open3d_scene(v: torch.Tensor, f: torch.Tensor):
-    o3d = pytest.importorskip("open3d")
+    import open3d as o3d  # a dev dependency: a missing open3d must fail, not skip
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(v.numpy()), o3d.core.Tensor(f.numpy().astype(np.uint32)))
     return o3d, scene

@@ -4,6 +4,8 @@
 #include <optional>
 #include <vector>
 
+#include "raster_common.h"
+
 namespace mr {
 std::vector<at::Tensor> rasterize_forward(const at::Tensor&, const at::Tensor&, int64_t, int64_t);
 at::Tensor rasterize_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
@@ -23,4 +25,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(attr [1|C,V,A] f32, rast, tri, rast_db or None, diff_idx list[int]) -> [out [C,H,W,A], out_da or None]");
   m.def("interpolate_backward", &mr::interpolate_backward,
         "(attr, rast, tri, grad_out [C,H,W,A]) -> [grad_attr [1|C,V,A], grad_rast [C,H,W,4]]");
+  m.def("all_finite", &mr::all_finite, "(x float32|float64 CPU) -> bool: no NaN / Inf (sequential)");
+  m.def("index_range", &mr::index_range, "(t int32|int64 CPU) -> [min, max] ([0, -1] when empty; sequential)");
 }

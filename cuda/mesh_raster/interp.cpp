@@ -58,7 +58,7 @@ std::vector<at::Tensor> interpolate_forward(const at::Tensor& attr, const at::Te
   float* o = out.data_ptr<float>();
   float* od = with_da ? da.data_ptr<float>() : nullptr;
   std::atomic<bool> bad_id{false};
-  at::parallel_for(0, in.C * in.P, 4096, [&](int64_t pb, int64_t pe) {
+  parallel_dynamic(in.C * in.P, 16384, [&](int64_t pb, int64_t pe, int) {
     for (int64_t p = pb; p < pe; ++p) {
       const float* rp = r + p * 4;
       const int f = pixel_tri(rp);
@@ -102,7 +102,7 @@ std::vector<at::Tensor> interpolate_backward(const at::Tensor& attr, const at::T
   const float* go = grad_out.data_ptr<float>();
   const int32_t* t = tri.data_ptr<int32_t>();
   float* gr = grad_rast.data_ptr<float>();
-  at::parallel_for(0, in.C * in.P, 4096, [&](int64_t pb, int64_t pe) {
+  parallel_dynamic(in.C * in.P, 16384, [&](int64_t pb, int64_t pe, int) {
     for (int64_t p = pb; p < pe; ++p) {
       const int f = pixel_tri(r + p * 4);
       float* g = gr + p * 4;

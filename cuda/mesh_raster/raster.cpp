@@ -1,25 +1,25 @@
 // Tiled triangle rasterizer (forward) and its hand-written backward, CPU.
 //
-// Forward, camera by camera (the binning buffers are reused):
-// (1) binning, in parallel over chunks of kChunk consecutive triangles: gather the vertices (structure of arrays),
-//     pixel bboxes (8 lanes, raster_simd.h; triangles crossing w = 0 are clipped in double, raster_math.h), count
-//     the kTile x kTile tiles each bbox overlaps, prefix-sum, then edge / depth planes in double and one 64-byte
-//     record per (triangle, tile) written into the chunk's buffer sorted by tile;
-// (2) rasterization, in parallel over tiles: walk the chunks in order (so triangles come in ascending id order),
-//     depth-test every record's bbox rows 8 pixels at a time with float edge functions evaluated relative to the
-//     record's first pixel (error ~1e-6 pixel), then resolve (u, v, ndc_z, id + 1) and rast_db of each pixel's
-//     winner once, in double. The test is a strict "<" in ascending id order, so the nearest triangle wins and
-//     exact ties go to the smaller id; nothing depends on the thread count.
-// Large tiles keep the record scatter of (1) within few write streams (cache friendly); work is handed out
-// dynamically (costs vary between chunks and tiles, and the machine may be shared).
+// Forward: one parallel loop over a pipeline of tasks (see rasterize_forward), per camera:
+// (1) binning, per chunk of kChunk consecutive triangles: gather the vertices (structure of arrays), pixel bboxes
+//     (8 lanes, raster_simd.h; triangles crossing w = 0 are clipped in double, raster_math.h), edge / depth planes
+//     in double, exact coverage of small bboxes (most triangles of a fine mesh cover no pixel center and are
+//     dropped here), then one 64-byte record per (triangle, overlapped tile) in the chunk's buffer, sorted by
+//     tile with a counting sort;
+// (2) rasterization, per kTile x kTile tile: walk the chunks in order (so triangles come in ascending id order),
+//     depth-test each record's bbox rows 8 pixels at a time with float edge functions relative to the record's
+//     first pixel (error ~1e-5 pixel at most, ~1e-6 for small triangles: the order of the float32 input's own
+//     rounding), then resolve (u, v, ndc_z, id + 1) and rast_db of each pixel's winner once, in double. The test is
+//     a strict "<" in ascending id order, so the nearest triangle wins and exact ties go to the smaller id; nothing
+//     depends on the thread count.
+// Large tiles keep the record scatter of (1) within few write streams; the tiny triangles of a scanned mesh make
+// binning, not pixel work, the main cost.
 //
 // Backward: dL/dpos from dL/d(u, v, ndc_z) per covered pixel (raster_vjp, double), reduced onto vertices without
 // atomics (scatter_to_vertices).
 #include <ATen/ATen.h>
 
 #include <atomic>
-#include <cstdio>
-#include <ctime>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -34,11 +34,9 @@ namespace mr {
 
 namespace {
 
-constexpr int kTile = 64;
+constexpr int kTile = 128;
 constexpr int kRow = kTile + 8;  // tile buffer row stride: 8-lane loads from any pixel of a row stay inside
 constexpr int64_t kChunk = 4096;
-double PT[8] = {0,0,0,0,0,0,0,0};
-inline double tnow() { timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
 
 // Waits (yielding the CPU: the machine may be shared) until counter reaches target.
 inline void wait_until(const std::atomic<int64_t>& counter, int64_t target) {
@@ -73,6 +71,7 @@ struct ChunkScratch {
   std::vector<int32_t> box;   // [4][sv]: x0, y0, x1, y1
   std::vector<int32_t> kind;  // see bboxes_soa
   std::vector<double> pl;     // [13][sp]: ea[3], eb[3], ec[3], za, zb, zc, ok
+  std::vector<int32_t> live;   // indices of the triangles that get records
   std::vector<int32_t> cursor;
 };
 
@@ -107,8 +106,10 @@ void planes_soa(const float* __restrict v, int64_t n, int64_t sv, double hw, dou
 
 template <typename Fn>
 inline void for_each_tile_of(const PixBox& b, Fn&& fn) {
-  for (int ty = b.y0 / kTile; ty <= b.y1 / kTile; ++ty)
-    for (int tx = b.x0 / kTile; tx <= b.x1 / kTile; ++tx) fn(ty, tx);
+  const int tx0 = b.x0 / kTile, ty0 = b.y0 / kTile, tx1 = b.x1 / kTile, ty1 = b.y1 / kTile;
+  if (tx0 == tx1 && ty0 == ty1) return fn(ty0, tx0);  // the common case
+  for (int ty = ty0; ty <= ty1; ++ty)
+    for (int tx = tx0; tx <= tx1; ++tx) fn(ty, tx);
 }
 
 TileTri make_record(const double* pl, int64_t sp, int64_t i, const PixBox& b, int ty, int tx, int32_t id) {
@@ -148,7 +149,6 @@ void bin_chunk(const float* pos_c, const int32_t* tri, int64_t fb, int64_t fe, c
   s.pl.resize(13 * sp);
   float* v = s.v.data();
   int32_t* box = s.box.data();
-  double T0 = tnow();
   for (int64_t i = 0; i < n; ++i) {
     if (i + 16 < n)  // the vertex gathers are latency-bound otherwise
       for (int j = 0; j < 3; ++j) __builtin_prefetch(pos_c + 4 * (int64_t)tri[3 * (fb + i + 16) + j]);
@@ -158,51 +158,47 @@ void bin_chunk(const float* pos_c, const int32_t* tri, int64_t fb, int64_t fe, c
     }
   }
   const float margin = (float)(kBBoxMargin + 1e-6 * std::max(g.W, g.H));  // + float rounding of projections
-  double T1 = tnow();
   bboxes_soa(v, n, sv, g.H, g.W, margin, box, s.kind.data());
-  double T2 = tnow();
-  double Q0 = tnow();
   planes_soa(v, n, sv, 0.5 * g.W, 0.5 * g.H, s.pl.data(), sp);
-  double Q1 = tnow(); PT[3] += Q1 - Q0;
-  cb.offsets.assign(n_tiles + 1, 0);
   for (int64_t i = 0; i < n; ++i) {
-    if (s.kind[i] == 2) {  // crosses w = 0 (rare): clip against the depth range in double
-      const float* p[3] = {pos_c + 4 * (int64_t)tri[3 * (fb + i)], pos_c + 4 * (int64_t)tri[3 * (fb + i) + 1],
-                           pos_c + 4 * (int64_t)tri[3 * (fb + i) + 2]};
-      PixBox b;
-      s.kind[i] = triangle_bbox(p, g.H, g.W, &b) ? 1 : 0;
-      box[i] = b.x0, box[sv + i] = b.y0, box[2 * sv + i] = b.x1, box[3 * sv + i] = b.y1;
-    }
-    if (s.kind[i] == 1 && (box[2 * sv + i] < box[i] || box[3 * sv + i] < box[sv + i] || s.pl[12 * sp + i] == 0.0))
-      s.kind[i] = 0;  // empty bbox or degenerate
+    if (s.kind[i] != 2) continue;
+    // Crosses w = 0 (rare): clip against the depth range in double.
+    const float* p[3] = {pos_c + 4 * (int64_t)tri[3 * (fb + i)], pos_c + 4 * (int64_t)tri[3 * (fb + i) + 1],
+                         pos_c + 4 * (int64_t)tri[3 * (fb + i) + 2]};
+    PixBox b;
+    s.kind[i] = triangle_bbox(p, g.H, g.W, &b) ? 1 : 0;
+    box[i] = b.x0, box[sv + i] = b.y0, box[2 * sv + i] = b.x1, box[3 * sv + i] = b.y1;
   }
-  double Q2 = tnow(); PT[7] += Q2 - Q1;
   shrink_small_soa<kSmallBox>(s.pl.data(), sp, n, box, sv, s.kind.data());
-  double Q3 = tnow(); PT[2] += Q3 - Q2;
+  // The surviving triangles, compacted without branches (about half are culled, unpredictably).
+  s.live.resize(n);
+  int64_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (s.kind[i] == 0) continue;
-    const PixBox b{box[i], box[sv + i], box[2 * sv + i], box[3 * sv + i]};
-    for_each_tile_of(b, [&](int ty, int tx) { ++cb.offsets[(int64_t)ty * g.tx + tx + 1]; });
+    s.live[m] = (int32_t)i;
+    m += (s.kind[i] != 0) & (box[2 * sv + i] >= box[i]) & (box[3 * sv + i] >= box[sv + i]) &
+         (s.pl[12 * sp + i] != 0.0);
+  }
+  cb.offsets.assign(n_tiles + 1, 0);
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t i = s.live[j];
+    for_each_tile_of({box[i], box[sv + i], box[2 * sv + i], box[3 * sv + i]},
+                     [&](int ty, int tx) { ++cb.offsets[(int64_t)ty * g.tx + tx + 1]; });
   }
   for (int64_t t = 0; t < n_tiles; ++t) cb.offsets[t + 1] += cb.offsets[t];
   if ((int64_t)cb.recs.size() < cb.offsets[n_tiles]) cb.recs.resize(cb.offsets[n_tiles]);
-  double T3 = tnow(); PT[7] += T3 - Q3;
-  double T4 = tnow();
   s.cursor.assign(cb.offsets.begin(), cb.offsets.end() - 1);
-  for (int64_t i = 0; i < n; ++i) {
-    if (s.kind[i] == 0) continue;
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t i = s.live[j];
     const PixBox b{box[i], box[sv + i], box[2 * sv + i], box[3 * sv + i]};
     for_each_tile_of(b, [&](int ty, int tx) {
       cb.recs[s.cursor[(int64_t)ty * g.tx + tx]++] = make_record(s.pl.data(), sp, i, b, ty, tx, (int32_t)(fb + i));
     });
   }
-  double T5 = tnow();
-  PT[0] += T1 - T0; PT[1] += T2 - T1; PT[4] += T5 - T4;
 }
 
 // (u, v, ndc_z, id + 1) and (du/dX, du/dY, dv/dX, dv/dY) at the pixel (dx, dy) relative to the record's first
-// pixel. The float coefficients carry ~1e-7 relative rounding of values at most a bbox away, so u, v are within
-// ~1e-6 of the exact ones for a 1-pixel triangle (better for larger ones); the arithmetic itself is in double.
+// pixel, in double from the record's float coefficients (~1e-7 relative rounding of values at most a bbox away:
+// u, v within ~1e-6 of the exact ones).
 inline void resolve_pixel(const TileTri& r, int dx, int dy, float* rast, float* db) {
   double e[3], S = 0, SA = 0, SB = 0;
   for (int k = 0; k < 3; ++k) {
@@ -218,6 +214,17 @@ inline void resolve_pixel(const TileTri& r, int dx, int dy, float* rast, float* 
   db[1] = (float)((r.eb[0] - u * SB) * inv);
   db[2] = (float)((r.ea[1] - v * SA) * inv);
   db[3] = (float)((r.eb[1] - v * SB) * inv);
+}
+
+// Copies n floats to dst with non-temporal stores where dst is 32-byte aligned: the outputs are tens of MB written
+// once, and regular stores would first read every line.
+inline void stream_copy(float* dst, const float* src, int n) {
+  int i = 0;
+#ifdef MR_AVX2
+  if ((reinterpret_cast<uintptr_t>(dst) & 31) == 0)
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_load_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 // Per-worker tile buffers: depth, index of the winning record in `seen` (-1: none), records visited.
@@ -238,7 +245,6 @@ void raster_tile(int64_t tile, const Grid& g, const ChunkBins* chunks, int64_t n
     std::fill(ibuf + y * kRow, ibuf + y * kRow + nx, -1);
   }
   s.seen.clear();
-  double TT0 = tnow();
   for (int64_t k = 0; k < n_chunks; ++k) {
     const ChunkBins& cb = chunks[k];
     for (int32_t i = cb.offsets[tile]; i < cb.offsets[tile + 1]; ++i) {
@@ -253,22 +259,25 @@ void raster_tile(int64_t tile, const Grid& g, const ChunkBins* chunks, int64_t n
       }
     }
   }
-  double TT1 = tnow(); PT[5] += TT1 - TT0;
-  for (int y = 0; y < ny; ++y)
+  alignas(32) float rrow[kTile * 4], drow[kTile * 4];
+  for (int y = 0; y < ny; ++y) {
     for (int x = 0; x < nx; ++x) {
       const int32_t i = ibuf[y * kRow + x];
-      const int64_t px = (int64_t)(oy + y) * g.W + ox + x;
-      float* rp = rast_c + px * 4;
-      float* dp = db_c + px * 4;
       if (i < 0) {
-        std::fill(rp, rp + 4, 0.f);
-        std::fill(dp, dp + 4, 0.f);
+        std::fill(rrow + 4 * x, rrow + 4 * x + 4, 0.f);
+        std::fill(drow + 4 * x, drow + 4 * x + 4, 0.f);
       } else {
         const TileTri& r = *s.seen[i];
-        resolve_pixel(r, x - r.x0, y - r.y0, rp, dp);
+        resolve_pixel(r, x - r.x0, y - r.y0, rrow + 4 * x, drow + 4 * x);
       }
     }
-  PT[6] += tnow() - TT1;
+    const int64_t px = (int64_t)(oy + y) * g.W + ox;
+    stream_copy(rast_c + px * 4, rrow, 4 * nx);
+    stream_copy(db_c + px * 4, drow, 4 * nx);
+  }
+#ifdef MR_AVX2
+  _mm_sfence();  // the non-temporal stores are visible before the tile counts as done
+#endif
 }
 
 }  // namespace
@@ -326,8 +335,6 @@ std::vector<at::Tensor> rasterize_forward(const at::Tensor& pos, const at::Tenso
       }
     }
   });
-  fprintf(stderr, "gather %.4f bbox %.4f shrink %.4f planes %.4f recs %.4f depth %.4f resolve %.4f count %.4f\n", PT[0], PT[1], PT[2], PT[3], PT[4], PT[5], PT[6], PT[7]);
-  for (double& x : PT) x = 0;
   return {rast, db};
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <climits>
 #include <memory>
 #include <vector>
 
@@ -80,6 +81,43 @@ void parallel_dynamic(int64_t n, int64_t chunk, Fn&& fn) {
       for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1))
         fn(c * chunk, std::min(n, (c + 1) * chunk), (int)w);
   });
+}
+
+// True when every element of x (float32 / float64 CPU tensor) is finite. Sequential and branch-free (tests the
+// exponent bits): a pass over a few MB is cheaper than waking a thread team on a busy machine.
+inline bool all_finite(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "all_finite needs a CPU tensor");
+  const at::Tensor c = x.contiguous();
+  uint32_t bad = 0;
+  if (c.scalar_type() == at::kFloat) {
+    const uint32_t* b = reinterpret_cast<const uint32_t*>(c.data_ptr<float>());
+    for (int64_t i = 0; i < c.numel(); ++i) bad |= (uint32_t)((b[i] & 0x7f800000u) == 0x7f800000u);
+  } else {
+    TORCH_CHECK(c.scalar_type() == at::kDouble, "all_finite needs float32 or float64, got ", c.scalar_type());
+    const uint64_t* b = reinterpret_cast<const uint64_t*>(c.data_ptr<double>());
+    for (int64_t i = 0; i < c.numel(); ++i)
+      bad |= (uint32_t)((b[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
+  }
+  return bad == 0;
+}
+
+// (min, max) of an int32 / int64 CPU tensor, (0, -1) when empty; sequential like all_finite.
+inline std::vector<int64_t> index_range(const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), "index_range needs a CPU tensor");
+  const at::Tensor c = t.contiguous();
+  if (c.numel() == 0) return {0, -1};
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  if (c.scalar_type() == at::kInt) {
+    const int32_t* p = c.data_ptr<int32_t>();
+    int32_t l = INT32_MAX, h = INT32_MIN;
+    for (int64_t i = 0; i < c.numel(); ++i) l = std::min(l, p[i]), h = std::max(h, p[i]);
+    lo = l, hi = h;
+  } else {
+    TORCH_CHECK(c.scalar_type() == at::kLong, "index_range needs int32 or int64, got ", c.scalar_type());
+    const int64_t* p = c.data_ptr<int64_t>();
+    for (int64_t i = 0; i < c.numel(); ++i) lo = std::min(lo, p[i]), hi = std::max(hi, p[i]);
+  }
+  return {lo, hi};
 }
 
 // Triangle id of a rast pixel (-1 when empty); ids are stored as float(id + 1).

@@ -11,10 +11,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -111,7 +111,7 @@ class Trainer:
     """Checkpoint entries the method needs besides the shared ones."""
 
     def __init__(self, cfg: GaussianTrainConfig, run_dir: Path, resume: bool = False,
-                 hooks: list[Callable[[int, "Trainer"], None]] | None = None):
+                 hooks: list[Callable[[int, Trainer], None]] | None = None):
         validate(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)

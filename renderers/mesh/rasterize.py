@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 
 from recon.renderers.mesh._backend import cpu_extension, resolve_backend
 
-__all__ = ["rasterize", "interpolate"]
+__all__ = ["interpolate", "rasterize"]
 
 _FAMILY = "mesh_raster"
 _MAX_TRIANGLES = 1 << 24  # ids are stored as float32(id + 1)
@@ -75,8 +75,8 @@ def _check_float(name: str, x: Tensor) -> None:
         raise TypeError(f"{name} must be a float tensor (float32), got {x.dtype}")
 
 
-def _check_tri(tri, n_vertices: int, device: torch.device) -> Tensor:
-    """Validates ``tri [F, 3]`` against ``n_vertices`` and returns it as contiguous int32."""
+def _check_tri(tri, device: torch.device) -> None:
+    """Shape, dtype and device of ``tri [F, 3]`` (the index range is checked by :func:`_tri_int32`)."""
     _check_shape("tri", tri, (None, 3), "[F, 3]")
     if tri.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"tri must be int32 (or int64, converted), got {tri.dtype}")
@@ -84,10 +84,24 @@ def _check_tri(tri, n_vertices: int, device: torch.device) -> Tensor:
         raise ValueError(f"tri must be on the device of the other inputs ({device}), got {tri.device}")
     if tri.shape[0] >= _MAX_TRIANGLES:
         raise ValueError(f"tri holds {tri.shape[0]} triangles; at most 2^24 - 1 are supported (float32 ids)")
-    if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= n_vertices):
-        raise ValueError(f"tri indices must lie in [0, {n_vertices}) (the number of vertices), got values in "
-                         f"[{int(tri.min())}, {int(tri.max())}]")
+
+
+# On CPU with the C++ backend, the checks below run as sequential C++ loops: every torch op on a large tensor
+# wakes the intra-op thread team, which costs milliseconds on a busy machine (more than the checks themselves).
+def _tri_int32(tri: Tensor, n_vertices: int, ext) -> Tensor:
+    """``tri`` as contiguous int32 after checking that its indices lie in ``[0, n_vertices)``."""
+    if tri.numel():
+        lo, hi = ext.index_range(tri) if ext is not None else (int(tri.min()), int(tri.max()))
+        if lo < 0 or hi >= n_vertices:
+            raise ValueError(f"tri indices must lie in [0, {n_vertices}) (the number of vertices), got values in "
+                             f"[{lo}, {hi}]")
     return tri.to(torch.int32).contiguous()
+
+
+def _all_finite(x: Tensor, ext) -> bool:
+    if ext is not None and x.dtype in (torch.float32, torch.float64):
+        return ext.all_finite(x)
+    return bool(torch.isfinite(x).all())
 
 
 def _pick_backend(backend: str, dtype: torch.dtype, *tensors: Tensor) -> str:
@@ -123,14 +137,16 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], *,
     """
     _check_shape("pos", pos, (None, None, 4), "[C, V, 4] (clip-space x, y, z, w per camera)")
     _check_float("pos", pos)
-    tri = _check_tri(tri, pos.shape[1], pos.device)
+    _check_tri(tri, pos.device)
     if (not isinstance(resolution, Sequence) or len(resolution) != 2
             or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in resolution)):
         raise ValueError(f"resolution must be (H, W) with positive ints, got {resolution!r}")
-    if not bool(torch.isfinite(pos).all()):
-        raise ValueError("pos contains NaN or Inf; check the vertex positions and the camera matrices")
     H, W = int(resolution[0]), int(resolution[1])
     name = _pick_backend(backend, pos.dtype, pos, tri)
+    ext = _ext() if name == "cpu" else None
+    if not _all_finite(pos, ext):
+        raise ValueError("pos contains NaN or Inf; check the vertex positions and the camera matrices")
+    tri = _tri_int32(tri, pos.shape[1], ext)
     if name == "torch":
         from recon.renderers.mesh import _ref
 
@@ -190,12 +206,13 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, rast_db: Tensor | None 
     _check_float("attr", attr)
     if attr.device != rast.device:
         raise ValueError(f"attr must be on rast's device ({rast.device}), got {attr.device}")
-    tri = _check_tri(tri, attr.shape[-2], rast.device)
+    _check_tri(tri, rast.device)
     if rast_db is not None:
         _check_shape("rast_db", rast_db, (C, H, W, 4), f"[C, H, W, 4] = {(C, H, W, 4)} like rast")
     idx = None if diff_attrs is None else _diff_indices(diff_attrs, attr.shape[-1])
     dtype = torch.promote_types(attr.dtype, rast.dtype)
     name = _pick_backend(backend, dtype, attr, rast, tri)
+    tri = _tri_int32(tri, attr.shape[-2], _ext() if name == "cpu" else None)
     if name == "torch":
         from recon.renderers.mesh import _ref
 
