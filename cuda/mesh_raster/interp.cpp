@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "raster_common.h"
+#include "raster_simd.h"
 
 namespace mr {
 
@@ -28,9 +29,7 @@ InterpInputs check_interp(const at::Tensor& attr, const at::Tensor& rast, const 
   TORCH_CHECK(attr.dim() == 3 && (attr.size(0) == 1 || attr.size(0) == C),
               "attr must have shape [1 or C, V, A] with C=", C, ", got ", attr.sizes());
   const int64_t V = attr.size(1), F = tri.size(0);
-  const int32_t* t = tri.data_ptr<int32_t>();
-  for (int64_t i = 0; i < tri.numel(); ++i)
-    TORCH_CHECK(t[i] >= 0 && t[i] < V, "tri holds vertex index ", t[i], " outside [0, ", V, ")");
+  check_indices(tri, V);
   return {C, C == 0 ? 0 : P / C, attr.size(0), V, attr.size(2), F};
 }
 
@@ -58,31 +57,42 @@ std::vector<at::Tensor> interpolate_forward(const at::Tensor& attr, const at::Te
   float* o = out.data_ptr<float>();
   float* od = with_da ? da.data_ptr<float>() : nullptr;
   std::atomic<bool> bad_id{false};
-  parallel_dynamic(in.C * in.P, 16384, [&](int64_t pb, int64_t pe, int) {
-    for (int64_t p = pb; p < pe; ++p) {
-      const float* rp = r + p * 4;
-      const int f = pixel_tri(rp);
-      float* op = o + p * A;
-      float* odp = with_da ? od + p * 2 * n_da : nullptr;
-      if (f < 0 || f >= in.F) {
-        if (f >= in.F || f < -1) bad_id = true;
-        std::fill(op, op + A, 0.f);
-        if (with_da) std::fill(odp, odp + 2 * n_da, 0.f);
-        continue;
+  // Blocks of pixels are computed into a per-worker buffer and streamed out (see stream_copy).
+  constexpr int64_t kBlock = 256;
+  std::vector<std::vector<float>> block(max_slots(), std::vector<float>(kBlock * A));
+  parallel_dynamic(in.C * in.P, 16 * kBlock, [&](int64_t pb, int64_t pe, int slot) {
+    float* buf = block[slot].data();
+    for (int64_t b0 = pb; b0 < pe; b0 += kBlock) {
+      const int64_t b1 = std::min(pe, b0 + kBlock);
+      for (int64_t p = b0; p < b1; ++p) {
+        const float* rp = r + p * 4;
+        const int f = pixel_tri(rp);
+        float* op = buf + (p - b0) * A;
+        float* odp = with_da ? od + p * 2 * n_da : nullptr;
+        if (f < 0 || f >= in.F) {
+          if (f >= in.F || f < -1) bad_id = true;
+          std::fill(op, op + A, 0.f);
+          if (with_da) std::fill(odp, odp + 2 * n_da, 0.f);
+          continue;
+        }
+        const float* ac = ap + (in.Ca == 1 ? 0 : p / in.P) * in.V * A;
+        const float *a0 = ac + t[3 * f] * A, *a1 = ac + t[3 * f + 1] * A, *a2 = ac + t[3 * f + 2] * A;
+        const float u = rp[0], v = rp[1], w = 1.f - u - v;
+        for (int64_t k = 0; k < A; ++k) op[k] = u * a0[k] + v * a1[k] + w * a2[k];
+        if (!with_da) continue;
+        const float* dbp = db + p * 4;
+        for (int64_t j = 0; j < n_da; ++j) {
+          const int64_t k = diff_idx[j];
+          const float d0 = a0[k] - a2[k], d1 = a1[k] - a2[k];
+          odp[2 * j] = d0 * dbp[0] + d1 * dbp[2];
+          odp[2 * j + 1] = d0 * dbp[1] + d1 * dbp[3];
+        }
       }
-      const float* ac = ap + (in.Ca == 1 ? 0 : p / in.P) * in.V * A;
-      const float *a0 = ac + t[3 * f] * A, *a1 = ac + t[3 * f + 1] * A, *a2 = ac + t[3 * f + 2] * A;
-      const float u = rp[0], v = rp[1], w = 1.f - u - v;
-      for (int64_t k = 0; k < A; ++k) op[k] = u * a0[k] + v * a1[k] + w * a2[k];
-      if (!with_da) continue;
-      const float* dbp = db + p * 4;
-      for (int64_t j = 0; j < n_da; ++j) {
-        const int64_t k = diff_idx[j];
-        const float d0 = a0[k] - a2[k], d1 = a1[k] - a2[k];
-        odp[2 * j] = d0 * dbp[0] + d1 * dbp[2];
-        odp[2 * j + 1] = d0 * dbp[1] + d1 * dbp[3];
-      }
+      stream_copy(o + b0 * A, buf, (b1 - b0) * A);
     }
+#ifdef MR_AVX2
+    _mm_sfence();  // the non-temporal stores are visible before this chunk counts as done
+#endif
   });
   TORCH_CHECK(!bad_id, "rast holds triangle ids outside [0, ", in.F, "): was it rasterized with this tri?");
   return {out, da};

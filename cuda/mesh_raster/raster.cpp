@@ -216,17 +216,6 @@ inline void resolve_pixel(const TileTri& r, int dx, int dy, float* rast, float* 
   db[3] = (float)((r.eb[1] - v * SB) * inv);
 }
 
-// Copies n floats to dst with non-temporal stores where dst is 32-byte aligned: the outputs are tens of MB written
-// once, and regular stores would first read every line.
-inline void stream_copy(float* dst, const float* src, int n) {
-  int i = 0;
-#ifdef MR_AVX2
-  if ((reinterpret_cast<uintptr_t>(dst) & 31) == 0)
-    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_load_ps(src + i));
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
 // Per-worker tile buffers: depth, index of the winning record in `seen` (-1: none), records visited.
 struct TileScratch {
   std::vector<float> zbuf = std::vector<float>(kTile * kRow);

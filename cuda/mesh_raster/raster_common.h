@@ -20,15 +20,11 @@
   TORCH_CHECK((x).scalar_type() == dtype, name " must be ", dtype, ", got ", (x).scalar_type()); \
   TORCH_CHECK((x).is_contiguous(), name " must be contiguous")
 
-#define MR_CHECK_SHAPE(x, name, ...)                                                                     \
-  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), name " must have shape [" #__VA_ARGS__ \
-              "], got ", (x).sizes())
-
 namespace mr {
 
 // at::empty for a large output that is written once, advised to use transparent huge pages where the kernel
-// offers them on request (THP "madvise" mode): first-touch faults on 4 KB pages cost about a third of a forward
-// pass with tens of MB of output. Purely a hint; the memory stays torch's.
+// offers them on request (THP "madvise" mode): with tens of MB of output, first-touch faults on 4 KB pages cost
+// about a third of a forward pass. Purely a hint; the memory stays torch's.
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   at::Tensor t = at::empty(sizes, opts);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -42,30 +38,40 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return t;
 }
 
+// Checks that the int32 indices of tri lie in [0, V) (one vectorizable pass, then one check).
+inline void check_indices(const at::Tensor& tri, int64_t V) {
+  const int32_t* t = tri.data_ptr<int32_t>();
+  const int64_t n = tri.numel();
+  int32_t lo = 0, hi = 0;
+  if (n > 0) lo = hi = t[0];
+  for (int64_t i = 0; i < n; ++i) lo = std::min(lo, t[i]), hi = std::max(hi, t[i]);
+  TORCH_CHECK(n == 0 || (lo >= 0 && hi < V), "tri holds vertex indices in [", lo, ", ", hi, "] outside [0, ", V,
+              ")");
+}
+
 // Checks pos [C, V, 4] float32 and tri [F, 3] int32 with indices in [0, V).
 inline void check_mesh(const at::Tensor& pos, const at::Tensor& tri) {
   MR_CHECK_TENSOR(pos, at::kFloat, "pos");
   TORCH_CHECK(pos.dim() == 3 && pos.size(2) == 4, "pos must have shape [C, V, 4], got ", pos.sizes());
   MR_CHECK_TENSOR(tri, at::kInt, "tri");
   TORCH_CHECK(tri.dim() == 2 && tri.size(1) == 3, "tri must have shape [F, 3], got ", tri.sizes());
-  const int32_t* t = tri.data_ptr<int32_t>();
-  const int64_t V = pos.size(1);
-  for (int64_t i = 0; i < tri.numel(); ++i)
-    TORCH_CHECK(t[i] >= 0 && t[i] < V, "tri holds vertex index ", t[i], " outside [0, ", V, ")");
+  check_indices(tri, pos.size(1));
 }
 
 // Checks rast [C, H, W, 4] float32 and returns the number of pixels C * H * W.
-inline int64_t check_rast(const at::Tensor& rast, const char* name = "rast") {
+inline int64_t check_rast(const at::Tensor& rast) {
   MR_CHECK_TENSOR(rast, at::kFloat, "rast");
-  TORCH_CHECK(rast.dim() == 4 && rast.size(3) == 4, name, " must have shape [C, H, W, 4], got ", rast.sizes());
+  TORCH_CHECK(rast.dim() == 4 && rast.size(3) == 4, "rast must have shape [C, H, W, 4], got ", rast.sizes());
   return rast.size(0) * rast.size(1) * rast.size(2);
 }
 
-// Runs fn(begin, end, slot) over [0, n) in chunks handed out dynamically (atomic counter) to torch's intra-op
-// threads; slot < max_slots() identifies the worker (for per-worker scratch). Costs vary a lot between tiles and
-// triangles and the machine may be shared, so static splits would leave threads idle.
+// Number of workers parallel_dynamic may use (size of per-worker scratch arrays).
 inline int64_t max_slots() { return std::max(1, at::get_num_threads()); }
 
+// Runs fn(begin, end, slot) over [0, n) in chunks handed out in order, dynamically (atomic counter), to torch's
+// intra-op threads; slot < max_slots() identifies the worker. Costs vary a lot between tiles and triangles and the
+// machine may be shared, so static splits would leave threads idle. Each worker runs its chunks in the order it
+// takes them (rasterize_forward relies on this).
 template <typename Fn>
 void parallel_dynamic(int64_t n, int64_t chunk, Fn&& fn) {
   if (n <= 0) return;
@@ -88,15 +94,15 @@ void parallel_dynamic(int64_t n, int64_t chunk, Fn&& fn) {
 inline bool all_finite(const at::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu(), "all_finite needs a CPU tensor");
   const at::Tensor c = x.contiguous();
+  const int64_t n = c.numel();
   uint32_t bad = 0;
   if (c.scalar_type() == at::kFloat) {
     const uint32_t* b = reinterpret_cast<const uint32_t*>(c.data_ptr<float>());
-    for (int64_t i = 0; i < c.numel(); ++i) bad |= (uint32_t)((b[i] & 0x7f800000u) == 0x7f800000u);
+    for (int64_t i = 0; i < n; ++i) bad |= (uint32_t)((b[i] & 0x7f800000u) == 0x7f800000u);
   } else {
     TORCH_CHECK(c.scalar_type() == at::kDouble, "all_finite needs float32 or float64, got ", c.scalar_type());
     const uint64_t* b = reinterpret_cast<const uint64_t*>(c.data_ptr<double>());
-    for (int64_t i = 0; i < c.numel(); ++i)
-      bad |= (uint32_t)((b[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
+    for (int64_t i = 0; i < n; ++i) bad |= (uint32_t)((b[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
   }
   return bad == 0;
 }
@@ -105,17 +111,18 @@ inline bool all_finite(const at::Tensor& x) {
 inline std::vector<int64_t> index_range(const at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), "index_range needs a CPU tensor");
   const at::Tensor c = t.contiguous();
-  if (c.numel() == 0) return {0, -1};
+  const int64_t n = c.numel();
+  if (n == 0) return {0, -1};
   int64_t lo = INT64_MAX, hi = INT64_MIN;
   if (c.scalar_type() == at::kInt) {
     const int32_t* p = c.data_ptr<int32_t>();
     int32_t l = INT32_MAX, h = INT32_MIN;
-    for (int64_t i = 0; i < c.numel(); ++i) l = std::min(l, p[i]), h = std::max(h, p[i]);
+    for (int64_t i = 0; i < n; ++i) l = std::min(l, p[i]), h = std::max(h, p[i]);
     lo = l, hi = h;
   } else {
     TORCH_CHECK(c.scalar_type() == at::kLong, "index_range needs int32 or int64, got ", c.scalar_type());
     const int64_t* p = c.data_ptr<int64_t>();
-    for (int64_t i = 0; i < c.numel(); ++i) lo = std::min(lo, p[i]), hi = std::max(hi, p[i]);
+    for (int64_t i = 0; i < n; ++i) lo = std::min(lo, p[i]), hi = std::max(hi, p[i]);
   }
   return {lo, hi};
 }

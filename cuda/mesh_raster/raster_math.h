@@ -7,8 +7,8 @@
 // perspective-correct barycentrics are e / sum(e) and the clip w of the point is det / sum(e). A pixel is covered
 // when every e_i has the sign of det (inside and in front of the camera, for both windings and for triangles
 // crossing w = 0); det = 0 covers nothing. ndc_z = sum(e_i z_i) / sum(e_i w_i) is affine in (X, Y).
-// Everything here runs in double: triangle setup and per-pixel resolves are a small part of the cost, and double
-// keeps the edge tests consistent with the float64 reference to ~1e-6 pixels.
+// Everything here runs in double: it serves the rare triangles crossing w = 0 (bbox by clipping) and the backward
+// pass (per-pixel gradients), where it costs little and matches the float64 reference closely.
 #pragma once
 
 #include <algorithm>

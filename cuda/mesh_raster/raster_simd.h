@@ -86,15 +86,16 @@ inline void bboxes_soa(const float* __restrict v, int64_t n, int64_t sv, int H, 
 }
 
 // Exact coverage of small triangles while binning: for every i < n with kind[i] == 1, a non-degenerate plane
-// (pl[12][i] != 0) and a bbox of at most kMax pixels, tests the pixel centers of the bbox in double (edge and depth
-// planes pl [13][sp] as in planes_soa) and shrinks the bbox to the covered ones, or sets kind[i] = 0 when none is
-// covered. Other triangles are left alone. box [4][sv] and kind hold at least round_up(n, 4) entries.
+// (pl[12][i] != 0) and a non-empty bbox of at most kMax pixels, tests the pixel centers of the bbox in double
+// (edge and depth planes pl [13][sp] as in planes_soa) and shrinks the bbox to the covered ones, or sets
+// kind[i] = 0 when none is covered. Other triangles are left alone.
 template <int kMax>
 inline void shrink_small_soa(const double* __restrict pl, int64_t sp, int64_t n, int32_t* __restrict box,
                              int64_t sv, int32_t* __restrict kind) {
   auto scalar = [&](int64_t i) {
     const int x0 = box[i], y0 = box[sv + i], x1 = box[2 * sv + i], y1 = box[3 * sv + i];
-    if (kind[i] != 1 || pl[12 * sp + i] == 0.0 || (int64_t)(x1 - x0 + 1) * (y1 - y0 + 1) > kMax) return;
+    const bool small = x1 >= x0 && y1 >= y0 && (int64_t)(x1 - x0 + 1) * (y1 - y0 + 1) <= kMax;
+    if (kind[i] != 1 || pl[12 * sp + i] == 0.0 || !small) return;
     int cx0 = x1 + 1, cy0 = y1 + 1, cx1 = x0 - 1, cy1 = y0 - 1;
     for (int y = y0; y <= y1; ++y)
       for (int x = x0; x <= x1; ++x) {
@@ -115,7 +116,8 @@ inline void shrink_small_soa(const double* __restrict pl, int64_t sp, int64_t n,
   const __m256d tiny = _mm256_set1_pd(1e-9);  // j / w is k + f with f = 0 or f >= 1 / kMax: exact floors
   for (; i + 4 <= n; i += 4) {
     const __m128i k4 = _mm_loadu_si128((const __m128i*)(kind + i));
-    const __m128i bx0 = _mm_loadu_si128((const __m128i*)(box + i)), by0 = _mm_loadu_si128((const __m128i*)(box + sv + i));
+    const __m128i bx0 = _mm_loadu_si128((const __m128i*)(box + i));
+    const __m128i by0 = _mm_loadu_si128((const __m128i*)(box + sv + i));
     const __m128i bx1 = _mm_loadu_si128((const __m128i*)(box + 2 * sv + i));
     const __m128i by1 = _mm_loadu_si128((const __m128i*)(box + 3 * sv + i));
     const __m256d x0 = _mm256_cvtepi32_pd(bx0), y0 = _mm256_cvtepi32_pd(by0);
@@ -124,6 +126,7 @@ inline void shrink_small_soa(const double* __restrict pl, int64_t sp, int64_t n,
     const __m256d area = _mm256_mul_pd(w, h), rw = _mm256_div_pd(one, w);
     __m256d act = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_cmpeq_epi32(k4, _mm_set1_epi32(1))));
     act = _mm256_and_pd(act, _mm256_cmp_pd(area, _mm256_set1_pd((double)kMax), _CMP_LE_OQ));
+    act = _mm256_and_pd(act, _mm256_and_pd(_mm256_cmp_pd(w, one, _CMP_GE_OQ), _mm256_cmp_pd(h, one, _CMP_GE_OQ)));
     act = _mm256_and_pd(act, _mm256_cmp_pd(_mm256_loadu_pd(pl + 12 * sp + i), zero, _CMP_NEQ_OQ));
     if (_mm256_testz_pd(act, act)) continue;
     __m256d ea[3], eb[3], ec[3];
@@ -160,7 +163,8 @@ inline void shrink_small_soa(const double* __restrict pl, int64_t sp, int64_t n,
     _mm_storeu_si128((__m128i*)(box + 2 * sv + i), _mm_blendv_epi8(bx1, to_i(_mm256_sub_pd(cx1, half)), um));
     _mm_storeu_si128((__m128i*)(box + 3 * sv + i), _mm_blendv_epi8(by1, to_i(_mm256_sub_pd(cy1, half)), um));
     const __m128i d4 = _mm256_cvtpd_epi32(_mm256_and_pd(_mm256_andnot_pd(covered, act), _mm256_set1_pd(1.0)));
-    _mm_storeu_si128((__m128i*)(kind + i), _mm_blendv_epi8(k4, _mm_setzero_si128(), _mm_cmpeq_epi32(d4, _mm_set1_epi32(1))));
+    const __m128i dm = _mm_cmpeq_epi32(d4, _mm_set1_epi32(1));
+    _mm_storeu_si128((__m128i*)(kind + i), _mm_blendv_epi8(k4, _mm_setzero_si128(), dm));
   }
 #endif
   for (; i < n; ++i) scalar(i);
@@ -206,6 +210,17 @@ inline void depth_test_row(const float e[3], const float ea[3], float z, float z
     }
   }
 #endif
+}
+
+// Copies n floats to dst with non-temporal stores where dst is 32-byte aligned: the outputs are tens of MB written
+// once, and regular stores would first read every line.
+inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#ifdef MR_AVX2
+  if ((reinterpret_cast<uintptr_t>(dst) & 31) == 0)
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 }  // namespace mr

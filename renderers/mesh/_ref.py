@@ -100,7 +100,7 @@ def _visibility(pos_c: Tensor, tri: Tensor, H: int, W: int) -> Tensor:
             k = torch.arange(t.numel(), device=dev) - (ends[t] - area[t] - base)
             px = lo[t, 0] + k % ext[t, 0]
             py = lo[t, 1] + k // ext[t, 0]
-            p = torch.stack([px + 0.5, py + 0.5, torch.ones_like(px, dtype=E.dtype)], -1).to(E.dtype)
+            p = torch.stack([px.to(E.dtype) + 0.5, py.to(E.dtype) + 0.5, torch.ones_like(px, dtype=E.dtype)], -1)
             e = (E[t] * p[:, None, :]).sum(-1)
             z = (zplane[t] * p).sum(-1)
             keep = (e >= 0).all(-1) & (z >= -1) & (z <= 1)
