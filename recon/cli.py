@@ -255,7 +255,10 @@ def cmd_eval(args: list[str]) -> int:
     train_seconds = None
     if run_dir is not None and latest_checkpoint(run_dir) is not None:
         train_seconds = load_checkpoint(latest_checkpoint(run_dir)).get("train_seconds")
-    summary.update(scene=describe_scene(scene), train_seconds=train_seconds)
+    from recon.scenes.mesh import MeshScene
+
+    size = {"num_faces": scene.num_faces} if isinstance(scene, MeshScene) else {"num_gaussians": len(scene)}
+    summary.update(**size, train_seconds=train_seconds)
     for v in summary["views"]:
         print(f"  {v['name']:>20s}  PSNR {v['psnr']:6.2f}  SSIM {v['ssim']:.4f}")
     print(f"recon eval: mean PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} over {len(summary['views'])} "

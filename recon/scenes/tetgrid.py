@@ -87,7 +87,6 @@ class TetGrid(nn.Module):
     """
 
     BAND_CELLS = 4.0
-    BAND_CALLS = 20
 
     def __init__(self, resolution: int, lo, hi, sdf: torch.Tensor | None = None, max_deform: float = 0.45):
         super().__init__()
@@ -122,19 +121,21 @@ class TetGrid(nn.Module):
         """Indices (ascending) of tetrahedra whose vertices do not all share one SDF sign.
 
         Scanning all ``6 N^3`` tetrahedra every call dominated a training step, so the scan runs over a cached
-        *band*: the tetrahedra with a vertex within ``BAND_CELLS`` cells of the zero level or with mixed signs,
-        rebuilt every ``BAND_CALLS`` calls. A tetrahedron outside the band needs an SDF change of more than
-        ``BAND_CELLS`` cells at one vertex to reach the surface, which the optimizer's steps never make between
-        two rebuilds; the result is therefore the same set as a full scan (``tests/test_mesh_train.py``)."""
+        *band*: the tetrahedra with a vertex within ``BAND_CELLS`` cells of the zero level or with mixed signs.
+        A tetrahedron outside the band needs an SDF change of more than ``BAND_CELLS`` cells at one vertex to
+        reach the surface, so the band is rebuilt as soon as any SDF value has moved by half that since the last
+        rebuild (an O(P) check). The result is therefore always the set a full scan gives, whatever the band's
+        history (which keeps resumed runs identical to uninterrupted ones)."""
         s = self.sdf.detach()
+        margin = self.BAND_CELLS * float(self.cell_size.max())
         band = getattr(self, "_band", None)
-        if band is None or self._band_calls >= self.BAND_CALLS or band.device != s.device:
+        if (band is None or band.device != s.device or self._band_sdf.shape != s.shape
+                or (s - self._band_sdf).abs().max() >= 0.5 * margin):
             inside = (s < 0)[self.tets]
             n_in = inside.sum(-1)
-            near = (s.abs() < self.BAND_CELLS * float(self.cell_size.max()))[self.tets].any(-1)
+            near = (s.abs() < margin)[self.tets].any(-1)
             band = torch.nonzero(near | ((n_in > 0) & (n_in < 4)))[:, 0]
-            self._band, self._band_calls = band, 0
-        self._band_calls += 1
+            self._band, self._band_sdf = band, s.clone()
         n_in = (s < 0)[self.tets[band]].sum(-1)
         return band[(n_in > 0) & (n_in < 4)]
 
@@ -192,8 +193,17 @@ class TetGrid(nn.Module):
     def from_state(cls, state: dict, source: str = "state") -> TetGrid:
         if state.get("kind") != "tetgrid":
             raise ValueError(f"{source}: not a tet-grid state (kind={state.get('kind')!r})")
-        grid = cls(int(state["resolution"]), state["lo"], state["hi"], sdf=state["sdf"],
-                   max_deform=float(state["max_deform"]))
+        if int(state.get("version", 0)) > SCHEMA_VERSION:
+            raise ValueError(f"{source}: tet-grid state version {state.get('version')} is newer than {SCHEMA_VERSION}")
+        try:
+            grid = cls(int(state["resolution"]), state["lo"], state["hi"], sdf=state["sdf"],
+                       max_deform=float(state["max_deform"]))
+            for name in ("deform", "color"):
+                if tuple(state[name].shape) != tuple(grid.base_vertices.shape):
+                    raise ValueError(f"{name} must have shape {tuple(grid.base_vertices.shape)}, "
+                                     f"got {tuple(state[name].shape)}")
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{source}: invalid tet-grid state: {err}") from err
         with torch.no_grad():
             grid.deform.copy_(state["deform"])
             grid.color.copy_(state["color"])

@@ -167,7 +167,7 @@ class MeshOptimConfig:
     """Adam learning rate of the grid deformation parameters."""
     lr_color: float = 2e-2
     """Adam learning rate of the grid colors (iso-surface stage)."""
-    lr_vertices: float = 2e-4
+    lr_vertices: float = 2e-5
     """Adam learning rate of the vertex positions in the refinement stage, times the scene size."""
     lr_texture: float = 2e-2
     """Adam learning rate of the texels."""

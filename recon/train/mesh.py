@@ -7,7 +7,7 @@
    by optimization. The SDF starts from the visual hull of the alpha masks when the dataset has coverage alpha.
 2. **Textured refinement**: the final surface is extracted once, cleaned of small components and UV-mapped
    with xatlas; the base-color texture (initialized by rasterizing the stage-1 colors in UV space) and the vertex
-   positions are optimized with uniform-Laplacian and normal-consistency regularizers.
+   positions are optimized with a uniform Laplacian of the displacements and normal consistency.
 
 Colors (grid colors, texels) are linear; the renderer encodes to sRGB, so losses compare with the images as
 stored.
@@ -100,10 +100,12 @@ def sdf_sign_loss(grid: TetGrid) -> torch.Tensor:
         return grid.sdf.sum() * 0
     edges = tets[:, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]].reshape(-1, 2)
     sa, sb = grid.sdf[edges[:, 0]], grid.sdf[edges[:, 1]]
-    cross = (sa > 0) != (sb > 0)
+    cross = (sa < 0) != (sb < 0)  # the same sign test as marching tetrahedra
     sa, sb = sa[cross], sb[cross]
-    return 0.5 * (F.binary_cross_entropy_with_logits(sa, (sb > 0).float())
-                  + F.binary_cross_entropy_with_logits(sb, (sa > 0).float()))
+    if len(sa) == 0:
+        return grid.sdf.sum() * 0
+    return 0.5 * (F.binary_cross_entropy_with_logits(sa, (sb >= 0).float())
+                  + F.binary_cross_entropy_with_logits(sb, (sa >= 0).float()))
 
 
 def keep_large_components(verts: torch.Tensor, faces: torch.Tensor, min_faces: int):
@@ -169,19 +171,22 @@ def bake_vertex_colors(uvs: torch.Tensor, uv_faces: torch.Tensor, colors: torch.
     return tex.clamp(0, 1).contiguous()
 
 
-def mesh_regularizers(verts: torch.Tensor, faces: torch.Tensor, neighbors: torch.Tensor,
-                      face_pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uniform Laplacian (squared distance of each vertex to its neighbours' mean, from the ``[E, 2]`` directed
-    edge list ``neighbors``) and normal consistency (1 - cos of the normals of the ``[P, 2]`` adjacent face
-    pairs)."""
+def uniform_laplacian(values: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of each row of ``values [V, D]`` to the mean of its neighbours (``neighbors [E, 2]``
+    directed vertex pairs)."""
     src, dst = neighbors[:, 0], neighbors[:, 1]
-    deg = torch.zeros(len(verts), device=verts.device).index_add_(0, src, torch.ones_like(src, dtype=torch.float32))
-    mean = torch.zeros_like(verts).index_add_(0, src, verts[dst]) / deg.clamp_min(1)[:, None]
-    lap = ((verts - mean) ** 2).sum(-1).mean()
+    deg = torch.zeros(len(values), device=values.device).index_add_(0, src, torch.ones(len(src), device=values.device))
+    mean = torch.zeros_like(values).index_add_(0, src, values[dst]) / deg.clamp_min(1)[:, None]
+    return ((values - mean) ** 2).sum(-1).mean()
+
+
+def normal_consistency(verts: torch.Tensor, faces: torch.Tensor, face_pairs: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between the normals of the ``[P, 2]`` pairs of faces that share an edge."""
+    if len(face_pairs) == 0:
+        return verts.sum() * 0
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
     n = F.normalize(torch.cross(b - a, c - a, dim=-1), dim=-1, eps=1e-20)
-    cons = (1 - (n[face_pairs[:, 0]] * n[face_pairs[:, 1]]).sum(-1)).mean() if len(face_pairs) else lap * 0
-    return lap, cons
+    return (1 - (n[face_pairs[:, 0]] * n[face_pairs[:, 1]]).sum(-1)).mean()
 
 
 def mesh_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,8 +220,7 @@ class MeshTrainer(Trainer):
             self.grid = initial_grid(self.cfg, self.data, self.mask).to(self.device)
             if self.stage == TEXTURE:
                 self._start_texture_stage()
-            else:
-                self._make_optimizer()
+            self._make_optimizer()
             return
         self.stage = state["stage"]
         if self.stage == GEOMETRY:
@@ -246,7 +250,8 @@ class MeshTrainer(Trainer):
             raise TrainingError("the iso-surface is empty: nothing to texture (check the masks / model.init)")
         verts, faces_c, kept = keep_large_components(verts.cpu(), faces.cpu(), m.min_component_faces)
         uvs, uv_faces = uv_atlas(verts, faces_c, m.texture_size)
-        tex = bake_vertex_colors(uvs, uv_faces, colors.cpu()[kept], faces_c, m.texture_size, self.cfg.backend)
+        # The bake runs on CPU tensors, so it picks its own backend (the run's may be a CUDA-only one).
+        tex = bake_vertex_colors(uvs, uv_faces, colors.cpu()[kept], faces_c, m.texture_size, "auto")
         self._set_texture_state(verts, faces_c, uvs, uv_faces, tex, torch.zeros_like(verts))
         self.stage = TEXTURE
 
@@ -321,6 +326,9 @@ class MeshTrainer(Trainer):
         images = self.train_images[idx]
         gt = composite(images, bg)
         arrays = self._arrays()
+        if len(arrays.faces) == 0:
+            raise TrainingError(f"the iso-surface became empty at step {self.step}; lower optim.lr_sdf or check "
+                                "the masks / model.init")
         out = render_mesh_arrays(arrays, cams, replace(self.settings, background=bg), shading="unlit")
         pred = out.rgb
         if self.mask:
@@ -333,9 +341,11 @@ class MeshTrainer(Trainer):
             if o.lambda_sdf > 0:
                 loss = loss + o.lambda_sdf * sdf_sign_loss(self.grid)
         else:
-            lap, cons = mesh_regularizers(arrays.vertices, self.faces, self.neighbors, self.face_pairs)
+            # Laplacian of the displacements (not of the positions, which would shrink the extracted surface),
+            # scale-normalized so its weight does not depend on the object's size.
+            lap = uniform_laplacian(self.offsets, self.neighbors)
+            cons = normal_consistency(arrays.vertices, self.faces, self.face_pairs)
             size = float((self.base_vertices.max(0).values - self.base_vertices.min(0).values).max())
-            # The Laplacian is scale-normalized so its weight does not depend on the object's size.
             loss = loss + o.lambda_laplacian * lap / (size * size) * 1e4 + o.lambda_normal * cons
         if not torch.isfinite(loss):
             last = latest_checkpoint(self.run_dir)
