@@ -249,7 +249,7 @@ def _raster_forward(v, f, cams, repeats: int) -> tuple[dict, object]:
     pos, tri = _clip_positions(v, cams), f.to(torch.int32)
 
     def forward():
-        rast, _ = rasterize(pos, tri, (RASTER_SIZE, RASTER_SIZE), backend="cpu")
+        rast, _ = rasterize(pos, tri, (RASTER_SIZE, RASTER_SIZE), grad_db=False, backend="cpu")
         z, _ = interpolate(pos[..., 3:4], rast, tri, backend="cpu")  # clip w = camera-space z
         return rast, z
 
@@ -371,7 +371,7 @@ def _torch_one_view(v, f, cam, repeats: int) -> dict:
     pos, tri = _clip_positions(v, cam), f.to(torch.int32)
 
     def forward():
-        rast, _ = rasterize(pos, tri, (RASTER_SIZE, RASTER_SIZE), backend="torch")
+        rast, _ = rasterize(pos, tri, (RASTER_SIZE, RASTER_SIZE), grad_db=False, backend="torch")
         return interpolate(pos[..., 3:4], rast, tri, backend="torch")[0]
 
     n = max(1, min(repeats, 3))

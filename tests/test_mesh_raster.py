@@ -454,3 +454,13 @@ def test_cpu_kernels_check_inputs():
     rast[0, 0, 0, 3] = 5.0  # triangle id 4 does not exist
     with pytest.raises(RuntimeError, match="rast holds triangle ids outside"):
         ext.interpolate_forward(torch.rand(1, 4, 2), rast, tri, None, [])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_grad_db_false_skips_rast_db_only(backend):
+    verts, tri = random_mesh(3)
+    pos = to_clip(verts, camera_rig())
+    rast, db = rasterize(pos, tri, (40, 56), backend=backend)
+    rast2, db2 = rasterize(pos, tri, (40, 56), grad_db=False, backend=backend)
+    assert db is not None and db2 is None
+    torch.testing.assert_close(rast2, rast, rtol=0, atol=0)

@@ -7,7 +7,7 @@
 #include "raster_common.h"
 
 namespace mr {
-std::vector<at::Tensor> rasterize_forward(const at::Tensor&, const at::Tensor&, int64_t, int64_t);
+std::vector<at::Tensor> rasterize_forward(const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool);
 at::Tensor rasterize_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 std::vector<at::Tensor> interpolate_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                             const std::optional<at::Tensor>&, const std::vector<int64_t>&);
@@ -18,7 +18,9 @@ std::vector<at::Tensor> interpolate_backward(const at::Tensor&, const at::Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "recon mesh rasterizer (rasterize / interpolate), CPU kernels";
   m.def("rasterize_forward", &mr::rasterize_forward,
-        "(pos [C,V,4] f32, tri [F,3] i32, height, width) -> [rast [C,H,W,4], rast_db [C,H,W,4]]");
+        "(pos [C,V,4] f32, tri [F,3] i32, height, width, with_db=True) -> [rast [C,H,W,4], rast_db [C,H,W,4] "
+        "(empty without with_db)]",
+        py::arg("pos"), py::arg("tri"), py::arg("height"), py::arg("width"), py::arg("with_db") = true);
   m.def("rasterize_backward", &mr::rasterize_backward,
         "(pos, tri, rast, grad_rast [C,H,W,4]) -> grad_pos [C,V,4] (from grad_rast[..., :3])");
   m.def("interpolate_forward", &mr::interpolate_forward,

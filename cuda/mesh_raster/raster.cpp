@@ -262,7 +262,7 @@ void raster_tile(int64_t tile, const Grid& g, const ChunkBins* chunks, int64_t n
     }
     const int64_t px = (int64_t)(oy + y) * g.W + ox;
     stream_copy(rast_c + px * 4, rrow, 4 * nx);
-    stream_copy(db_c + px * 4, drow, 4 * nx);
+    if (db_c != nullptr) stream_copy(db_c + px * 4, drow, 4 * nx);
   }
 #ifdef MR_AVX2
   _mm_sfence();  // the non-temporal stores are visible before the tile counts as done
@@ -272,7 +272,7 @@ void raster_tile(int64_t tile, const Grid& g, const ChunkBins* chunks, int64_t n
 }  // namespace
 
 std::vector<at::Tensor> rasterize_forward(const at::Tensor& pos, const at::Tensor& tri, int64_t height,
-                                          int64_t width) {
+                                          int64_t width, bool with_db) {
   check_mesh(pos, tri);
   TORCH_CHECK(height > 0 && width > 0, "resolution must be positive, got ", height, "x", width);
   TORCH_CHECK(height <= 32767 && width <= 32767, "resolution must be at most 32767, got ", height, "x", width);
@@ -280,7 +280,8 @@ std::vector<at::Tensor> rasterize_forward(const at::Tensor& pos, const at::Tenso
               tri.size(0));
   const int64_t C = pos.size(0), V = pos.size(1), F = tri.size(0);
   at::Tensor rast = empty_output({C, height, width, 4}, pos.options());
-  at::Tensor db = empty_output({C, height, width, 4}, pos.options());
+  // Without with_db, rast_db is neither written nor allocated (an empty tensor is returned).
+  at::Tensor db = with_db ? empty_output({C, height, width, 4}, pos.options()) : at::empty({0}, pos.options());
   const Grid g(height, width);
   const int64_t n_chunks = (F + kChunk - 1) / kChunk, n_tiles = g.n_tiles();
   // One parallel loop over a pipeline of tasks: bin camera 0, bin camera 1, raster camera 0, bin camera 2,
@@ -319,7 +320,7 @@ std::vector<at::Tensor> rasterize_forward(const at::Tensor& pos, const at::Tenso
         wait_until(binned[task.cam], n_chunks);
         raster_tile(task.index, g, set, n_chunks, tile_scratch[slot],
                     rast.data_ptr<float>() + task.cam * height * width * 4,
-                    db.data_ptr<float>() + task.cam * height * width * 4);
+                    with_db ? db.data_ptr<float>() + task.cam * height * width * 4 : nullptr);
         drawn[task.cam].fetch_add(1, std::memory_order_release);
       }
     }

@@ -162,7 +162,7 @@ def bake_vertex_colors(uvs: torch.Tensor, uv_faces: torch.Tensor, colors: torch.
     # Per-corner colors: the UV vertices of a corner take the color of the position vertex of that corner.
     corner_colors = torch.zeros(len(uvs), 3)
     corner_colors[uv_faces.reshape(-1)] = colors.detach().cpu()[faces.reshape(-1)]
-    rast, _ = rasterize(pos.contiguous(), uv_faces.to(torch.int32), (size, size), backend=backend)
+    rast, _ = rasterize(pos.contiguous(), uv_faces.to(torch.int32), (size, size), grad_db=False, backend=backend)
     tex = interpolate(corner_colors, rast, uv_faces.to(torch.int32), backend=backend)[0][0]
     covered = (rast[0, ..., 3] > 0).numpy()
     if covered.any():

@@ -116,7 +116,8 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
     far = ms.far if ms.far is not None else far
     clip_m = cams.clip_matrices(near, far)
     pos = torch.einsum("cij,vj->cvi", clip_m, torch.cat([verts, torch.ones_like(verts[:, :1])], -1))
-    rast, rast_db = rasterize(pos, faces, (H, W), backend=be)
+    textured = mesh.base_color is not None and mesh.uvs is not None
+    rast, rast_db = rasterize(pos, faces, (H, W), grad_db=textured, backend=be)
     covered = rast[..., 3:4] > 0
     cov_f = covered.float()
     channels = settings.channels
@@ -134,7 +135,7 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
         face_normal = fn[(rast[..., 3].long() - 1).clamp_min(0)] * cov_f
 
     gbuffer: dict[str, Tensor] = {}
-    if mesh.base_color is not None and mesh.uvs is not None:
+    if textured:
         uv_faces = mesh.uv_faces.to(device=device, dtype=torch.int32)
         uv, uv_da = interpolate(mesh.uvs, rast, uv_faces, rast_db=rast_db, diff_attrs="all", backend=be)
         filt = ms.texture_filter
