@@ -504,7 +504,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="JSON file to write")
     ap.add_argument("--mesh", default=None, help="OBJ for both sections (default: shared armadillo.obj)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated, from {list(SECTIONS)}")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (median reported)")
+    ap.add_argument("--repeats", type=int, default=11, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
