@@ -164,11 +164,7 @@ class MeshScene(nn.Module):
 
     def vertex_normals(self) -> Tensor:
         """Area-weighted unit vertex normals ``[V, 3]``, differentiable; 0 for vertices without faces."""
-        cross = self._face_cross()  # |cross| = 2 * area, so summing crosses weights by area
-        acc = torch.zeros_like(self.vertices)
-        for k in range(3):
-            acc = acc.index_add(0, self.faces[:, k], cross)
-        return _normalize(acc)
+        return vertex_normals(self.vertices, self.faces)
 
     def _face_cross(self) -> Tensor:
         p = self.vertices[self.faces]  # [F, 3, 3]
@@ -356,6 +352,18 @@ def _check_indices(name: str, t: Tensor, n: int, letter: str) -> None:
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
         raise ValueError(f"MeshScene.{name} must index [0, {letter}={n}), got values in "
                          f"[{int(t.min())}, {int(t.max())}]")
+
+
+def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
+    """Area-weighted unit vertex normals ``[V, 3]`` of ``vertices [V, 3]``, ``faces [F, 3]`` (any int dtype);
+    differentiable, 0 for vertices without faces."""
+    f = faces.long()
+    p = vertices[f]  # [F, 3, 3]
+    cross = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=-1)  # |cross| = 2 area: area weights
+    acc = torch.zeros_like(vertices)
+    for k in range(3):
+        acc = acc.index_add(0, f[:, k], cross)
+    return _normalize(acc)
 
 
 def _normalize(x: Tensor) -> Tensor:

@@ -36,17 +36,23 @@ def _has_masks(images: torch.Tensor) -> bool:
     return bool(((alpha < 0.5).flatten(1).float().mean(1) > 0.01).float().mean() > 0.5)
 
 
-def carve(points: torch.Tensor, cameras: Cameras, images: torch.Tensor,
-          min_fraction: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visual-hull carving: keep points whose projection has alpha > 0.1 in at least ``min_fraction`` of the
-    views that see them. Returns ``(keep [P] bool, mean color [P, 3])`` (color from the views that see it)."""
+def sample_views(points: torch.Tensor, cameras: Cameras, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixels under the projections of ``points [P, 3]`` in every view: ``pix [C, P, D]`` (nearest pixel of
+    ``images [C, H, W, D]``) and ``inside [C, P]`` (in front of the camera and within the frame)."""
     uv, z = cameras.to(dtype=torch.float32).project(points.float())
     h, w = images.shape[1:3]
     col = uv[..., 0].floor().long()
     row = uv[..., 1].floor().long()
     inside = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
     cam_idx = torch.arange(len(cameras))[:, None].expand_as(col)
-    pix = images[cam_idx, row.clamp(0, h - 1), col.clamp(0, w - 1)]  # [C, P, 4]
+    return images[cam_idx, row.clamp(0, h - 1), col.clamp(0, w - 1)], inside
+
+
+def carve(points: torch.Tensor, cameras: Cameras, images: torch.Tensor,
+          min_fraction: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual-hull carving: keep points whose projection has alpha > 0.1 in at least ``min_fraction`` of the
+    views that see them. Returns ``(keep [P] bool, mean color [P, 3])`` (color from the views that see it)."""
+    pix, inside = sample_views(points, cameras, images)
     hit = inside & (pix[..., 3] > 0.1)
     seen = inside.sum(0)
     keep = (seen > 0) & (hit.sum(0) >= min_fraction * seen)

@@ -28,8 +28,7 @@ from recon.renderers import MeshSettings, RenderSettings
 from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
 from recon.scenes.mesh import MeshMaterial, MeshScene
 from recon.scenes.tetgrid import TetGrid
-from recon.train.checkpoint import latest_checkpoint
-from recon.train.init import _has_masks, look_at_center
+from recon.train.init import _has_masks, look_at_center, sample_views
 from recon.train.trainer import Trainer, TrainingError
 
 GEOMETRY, TEXTURE = "geometry", "texture"
@@ -39,17 +38,11 @@ def visual_hull_occupancy(points: torch.Tensor, cameras, images: torch.Tensor, c
                           min_seen: float = 0.25) -> torch.Tensor:
     """``[P]`` bool: points that project inside the alpha mask (alpha > 0.5) of every view that sees them and
     are seen by at least ``min_seen`` of the views (space that few cameras look at is not object)."""
-    h, w = images.shape[1:3]
-    alpha = images[..., 3]
+    alpha = images[..., 3:]
     out = torch.empty(len(points), dtype=torch.bool)
-    cams = cameras.to(dtype=torch.float32)
     for s in range(0, len(points), chunk):
-        uv, z = cams.project(points[s : s + chunk].float())
-        col, row = uv[..., 0].floor().long(), uv[..., 1].floor().long()
-        seen = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-        ci = torch.arange(len(cams))[:, None].expand_as(col)
-        a = alpha[ci, row.clamp(0, h - 1), col.clamp(0, w - 1)]
-        out[s : s + chunk] = ((a > 0.5) | ~seen).all(0) & (seen.sum(0) >= max(1.0, min_seen * len(cams)))
+        a, seen = sample_views(points[s : s + chunk], cameras, alpha)
+        out[s : s + chunk] = ((a[..., 0] > 0.5) | ~seen).all(0) & (seen.sum(0) >= max(1.0, min_seen * len(cameras)))
     return out
 
 
@@ -215,6 +208,7 @@ class MeshTrainer(Trainer):
 
     # --- building ----------------------------------------------------------------------------------------
     def _init_method(self, state: dict | None, source: str) -> None:
+        self._last_faces = 0  # faces of the latest marching-tets mesh (for logs)
         if state is None:
             self.stage = GEOMETRY if self.cfg.optim.geometry_steps > 0 else TEXTURE
             self.grid = initial_grid(self.cfg, self.data, self.mask).to(self.device)
@@ -289,7 +283,7 @@ class MeshTrainer(Trainer):
 
     def _size_stats(self) -> dict:
         if self.stage == GEOMETRY:
-            return {"num_faces": int(self._last_faces) if hasattr(self, "_last_faces") else 0}
+            return {"num_faces": int(self._last_faces)}
         return {"num_faces": len(self.faces)}
 
     def _arrays(self) -> MeshArrays:
@@ -321,7 +315,7 @@ class MeshTrainer(Trainer):
             self._make_optimizer()
         self.step += 1
         idx = [self._next_index() for _ in range(min(o.views_per_step, len(self.data.train)))]
-        cams = self.train_cams[idx[0]] if len(idx) == 1 else _cat_cams(self.train_cams, idx)
+        cams = self.train_cams[idx]
         bg = torch.rand(3, generator=self.generator).to(self.device) if cfg.random_background else self.eval_background
         images = self.train_images[idx]
         gt = composite(images, bg)
@@ -347,11 +341,7 @@ class MeshTrainer(Trainer):
             cons = normal_consistency(arrays.vertices, self.faces, self.face_pairs)
             size = float((self.base_vertices.max(0).values - self.base_vertices.min(0).values).max())
             loss = loss + o.lambda_laplacian * lap / (size * size) * 1e4 + o.lambda_normal * cons
-        if not torch.isfinite(loss):
-            last = latest_checkpoint(self.run_dir)
-            raise TrainingError(f"loss became {loss.item()} at step {self.step}; training stopped. "
-                                f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
-                                "Lower the learning rates or check the data for NaNs.")
+        self._check_loss(loss)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -359,10 +349,4 @@ class MeshTrainer(Trainer):
             self._check_finite()
         stats.update(loss=loss.item(), psnr=psnr(pred.detach().clamp(0, 1), gt).mean().item())
         return stats
-
-
-def _cat_cams(cams, idx):
-    from recon.cameras import Cameras
-
-    return Cameras(cams.world_to_cam[idx], cams.K[idx], cams.width, cams.height)
 

@@ -219,6 +219,14 @@ class Trainer:
                                     f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
                                     "Lower the learning rates or check the data for NaNs.")
 
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """Raise TrainingError (naming the last good checkpoint) when the loss is NaN/Inf."""
+        if not torch.isfinite(loss):
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingError(f"loss became {loss.item()} at step {self.step}; training stopped. "
+                                f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
+                                "Lower the learning rates or check the data for NaNs.")
+
     def _on_signal(self, signum, frame) -> None:
         # The first signal asks for a clean stop at the end of the step; a second one acts as usual.
         self._stop_signal = signum
@@ -248,11 +256,7 @@ class Trainer:
         l1 = (pred - gt).abs().mean()
         ssim_val = ssim(pred, gt).mean()
         loss = (1 - cfg.optim.lambda_dssim) * l1 + cfg.optim.lambda_dssim * (1 - ssim_val)
-        if not torch.isfinite(loss):
-            last = latest_checkpoint(self.run_dir)
-            raise TrainingError(f"loss became {loss.item()} at step {self.step}; training stopped. "
-                                f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
-                                "Lower the learning rates or check the data for NaNs.")
+        self._check_loss(loss)
         self.strategy.pre_backward(out)
         loss.backward()
         self.optimizer.step()

@@ -18,7 +18,7 @@ from torch import Tensor
 from recon.cameras import Cameras
 from recon.color import linear_to_srgb
 from recon.renderers.interface import RenderOutput, RenderSettings, register_renderer
-from recon.scenes.mesh import MeshScene
+from recon.scenes.mesh import MeshScene, vertex_normals
 
 DEFAULT_GRAY = 0.5
 """Linear base color of meshes without texture or vertex colors (sRGB ~0.74)."""
@@ -54,23 +54,12 @@ class MeshAux:
 
 def mesh_arrays(scene: MeshScene) -> MeshArrays:
     """The tensors of a :class:`MeshScene` (textures only when it has texture coordinates)."""
-    has_uv = getattr(scene, "uvs", None) is not None and getattr(scene, "uv_faces", None) is not None
-    factor = getattr(scene, "base_color_factor", None)
+    has_uv = scene.uvs is not None and scene.uv_faces is not None
     return MeshArrays(vertices=scene.vertices, faces=scene.faces, uvs=scene.uvs if has_uv else None,
-                      uv_faces=scene.uv_faces if has_uv else None,
-                      vertex_colors=getattr(scene, "vertex_colors", None),
-                      base_color=getattr(scene, "base_color", None) if has_uv else None,
-                      roughness_metallic=getattr(scene, "roughness_metallic", None) if has_uv else None,
-                      color_factor=None if factor is None else factor[:3])
-
-
-def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
-    """Area-weighted unit vertex normals ``[V, 3]`` (differentiable); zero for unreferenced vertices."""
-    f = faces.long()
-    a, b, c = vertices[f[:, 0]], vertices[f[:, 1]], vertices[f[:, 2]]
-    n = torch.cross(b - a, c - a, dim=-1)
-    out = torch.zeros_like(vertices).index_add(0, f.reshape(-1), n.repeat_interleave(3, dim=0))
-    return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+                      uv_faces=scene.uv_faces if has_uv else None, vertex_colors=scene.vertex_colors,
+                      base_color=scene.base_color if has_uv else None,
+                      roughness_metallic=scene.roughness_metallic if has_uv else None,
+                      color_factor=scene.base_color_factor[:3])
 
 
 def clip_planes(vertices: Tensor, cameras: Cameras) -> tuple[float, float]:
