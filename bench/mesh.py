@@ -17,8 +17,10 @@ returns one dict; the report holds the machine info and one entry per section. S
   any-hit equality.
 * ``raster``: the same mesh and the same 8 views at 512x512. Forward of ``rasterize`` + ``interpolate`` (camera z)
   on the ``cpu`` backend for all views vs open3d ``cast_rays`` on the same pixel-center rays (``Cameras.rays()``,
-  ray generation and Embree's build timed apart), their speed ratio and agreement (triangle ids on pixels covered
-  in either, max relative depth difference where they agree); the ``torch`` twin's forward on one view. Then
+  ray generation and Embree's build timed apart), timed interleaved (each round runs both, in alternating order,
+  so that both see the same load on a shared machine), their speed ratio (of the medians, and the median of the
+  per-round ratios) and agreement (triangle ids on pixels covered in either, max relative depth difference where
+  they agree); the ``torch`` twin's forward on one view. Then
   forward + backward of rasterize -> interpolate (uv with ``rast_db``) -> texture (1024^2 RGB, trilinear) ->
   antialias on ``cpu`` for all views, loss ``sum(out * w)`` with fixed random ``w``, gradients w.r.t. vertices,
   uvs and texture (spherical-projection uvs: the armadillo has none). Threads and load averages are recorded.
@@ -240,8 +242,8 @@ def _sources_sha1(family: str) -> str:
     return h.hexdigest()[:12]
 
 
-def _raster_forward(v, f, cams, repeats: int) -> tuple[dict, object]:
-    """rasterize + interpolate(camera z) forward on the cpu backend, all views; returns (timings, rast)."""
+def _recon_forward(v, f, cams):
+    """rasterize + interpolate(camera z) forward on the cpu backend, all views, as a callable -> (rast, z)."""
     import torch
 
     from recon.renderers.mesh.rasterize import interpolate, rasterize
@@ -253,13 +255,12 @@ def _raster_forward(v, f, cams, repeats: int) -> tuple[dict, object]:
         z, _ = interpolate(pos[..., 3:4], rast, tri, backend="cpu")  # clip w = camera-space z
         return rast, z
 
-    wall, cpu, (rast, z) = timed(forward, repeats)
-    return {"forward_s": wall, "forward_cpu_s": cpu, "forward_s_per_view": wall / len(cams),
-            "coverage": (rast[..., 3] > 0).float().mean().item()}, (rast, z)
+    return forward
 
 
-def _open3d_primary(v, f, cams, rast_z, repeats: int, threads: int) -> dict:
-    """open3d cast_rays on the same pixel-center rays; timings and agreement with the rasterizer."""
+def _open3d_scene(v, f, cams, threads: int):
+    """open3d cast_rays on the same pixel-center rays as a callable, with ray-generation and build times; or a
+    {"skipped": why} dict without open3d."""
     import numpy as np
     import torch
 
@@ -276,25 +277,75 @@ def _open3d_primary(v, f, cams, rast_z, repeats: int, threads: int) -> dict:
     scene.add_triangles(o3d.core.Tensor(v.numpy()), o3d.core.Tensor(f.numpy().astype(np.uint32)))
     scene.cast_rays(rays[:1], nthreads=threads)  # Embree builds its BVH on the first query
     build_s = time.perf_counter() - t0
-    wall, cpu, ans = timed(lambda: scene.cast_rays(rays, nthreads=threads), repeats)
+    return {"cast": lambda: scene.cast_rays(rays, nthreads=threads), "dirs": d, "build_s": build_s,
+            "rays_s": rays_s}
+
+
+def _agreement(cams, dirs, ans, rast, z) -> dict:
+    """Triangle ids on pixels covered in either, and the max relative depth difference where they agree."""
+    import numpy as np
+    import torch
+
     ids = torch.from_numpy(ans["primitive_ids"].numpy().astype(np.int64))
     ids[ids == 2**32 - 1] = -1
-    rast, z = rast_z
     rid = rast[..., 3].reshape(-1).long() - 1
     either = (rid >= 0) | (ids >= 0)
     agree = either & (rid == ids)
     # Ray distance t along the unit direction -> camera z: z = t * (d . camera forward axis).
-    fwd = cams.world_to_cam[:, 2, :3].to(d.dtype)
-    z3 = torch.from_numpy(ans["t_hit"].numpy()).double() * (d * fwd[:, None]).sum(-1).reshape(-1)
+    fwd = cams.world_to_cam[:, 2, :3].to(dirs.dtype)
+    z3 = torch.from_numpy(ans["t_hit"].numpy()).double() * (dirs * fwd[:, None]).sum(-1).reshape(-1)
     rel = (z.reshape(-1).double()[agree] - z3[agree]).abs() / z3[agree]
-    return {"cast_rays_s": wall, "cast_rays_cpu_s": cpu, "cast_rays_s_per_view": wall / len(cams),
-            "build_s": build_s, "rays_s": rays_s, "nthreads": threads,
-            "agreement": {"pixels_covered_in_either": int(either.sum()),
-                          "id_agreement": agree.sum().item() / max(1, int(either.sum())),
-                          "ids_differ": int((either & ~agree).sum()),
-                          "covered_only_raster": int(((rid >= 0) & (ids < 0)).sum()),
-                          "covered_only_open3d": int(((rid < 0) & (ids >= 0)).sum()),
-                          "depth_max_rel_diff": rel.max().item() if rel.numel() else 0.0}}
+    return {"pixels_covered_in_either": int(either.sum()),
+            "id_agreement": agree.sum().item() / max(1, int(either.sum())),
+            "ids_differ": int((either & ~agree).sum()),
+            "covered_only_raster": int(((rid >= 0) & (ids < 0)).sum()),
+            "covered_only_open3d": int(((rid < 0) & (ids >= 0)).sum()),
+            "depth_max_rel_diff": rel.max().item() if rel.numel() else 0.0}
+
+
+def _primary_hits(v, f, cams, repeats: int, threads: int) -> dict:
+    """recon rasterize + interpolate vs open3d cast_rays, timed interleaved: each round runs both once (in
+    alternating order), so both see the same machine; medians of each, their ratio, and the median per-round
+    ratio. Returns {"cpu", "open3d", "speedup_recon_cpu_over_open3d", ...} and the last (rast, z)."""
+    import torch
+
+    forward = _recon_forward(v, f, cams)
+    o3 = _open3d_scene(v, f, cams, threads)
+    fns = {"recon": forward} if "skipped" in o3 else {"recon": forward, "open3d": o3["cast"]}
+    times, last = _interleaved(fns, repeats)
+    rast, z = last["recon"]
+    out = {"cpu": {"forward_s": times["recon"]["wall"], "forward_cpu_s": times["recon"]["cpu"],
+                   "forward_s_per_view": times["recon"]["wall"] / len(cams),
+                   "coverage": (rast[..., 3] > 0).float().mean().item()}}
+    if "skipped" in o3:
+        out["open3d"] = o3
+        return out, (rast, z)
+    out["open3d"] = {"cast_rays_s": times["open3d"]["wall"], "cast_rays_cpu_s": times["open3d"]["cpu"],
+                     "cast_rays_s_per_view": times["open3d"]["wall"] / len(cams), "build_s": o3["build_s"],
+                     "rays_s": o3["rays_s"], "nthreads": threads,
+                     "agreement": _agreement(cams, o3["dirs"], last["open3d"], rast, z)}
+    out["speedup_recon_cpu_over_open3d"] = times["open3d"]["wall"] / times["recon"]["wall"]
+    ratios = [b / a for a, b in zip(times["recon"]["walls"], times["open3d"]["walls"], strict=True)]
+    out["speedup_median_of_round_ratios"] = statistics.median(ratios)
+    out["threads"] = torch.get_num_threads()
+    return out, (rast, z)
+
+
+def _interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Times the callables of fns round-robin (one warm-up call each, then repeats rounds, the order reversed every
+    other round). Returns ({name: {"wall", "cpu" (medians), "walls" (per round)}}, {name: last result})."""
+    names = list(fns)
+    last = {k: fns[k]() for k in names}
+    walls = {k: [] for k in names}
+    cpus = {k: [] for k in names}
+    for r in range(repeats):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            last[k] = fns[k]()
+            walls[k].append(time.perf_counter() - t0)
+            cpus[k].append(time.process_time() - c0)
+    return ({k: {"wall": statistics.median(walls[k]), "cpu": statistics.median(cpus[k]), "walls": walls[k]}
+             for k in names}, last)
 
 
 def _raster_chain(v, f, cams, repeats: int) -> dict:
@@ -352,13 +403,13 @@ def _one_thread_pair(v, f, cams, repeats: int, threads: int) -> dict:
 
     torch.set_num_threads(1)
     try:
-        one, rast_z = _raster_forward(v, f, cams, repeats)
-        o3d_one = _open3d_primary(v, f, cams, rast_z, repeats, 1)
+        one, _ = _primary_hits(v, f, cams, repeats, 1)
     finally:
         torch.set_num_threads(threads)
-    out = {"cpu_forward_s": one["forward_s"], "open3d_cast_rays_s": o3d_one.get("cast_rays_s")}
-    if o3d_one.get("cast_rays_s"):
-        out["speedup_recon_cpu_over_open3d"] = o3d_one["cast_rays_s"] / one["forward_s"]
+    out = {"cpu_forward_s": one["cpu"]["forward_s"], "open3d_cast_rays_s": one["open3d"].get("cast_rays_s")}
+    for key in ("speedup_recon_cpu_over_open3d", "speedup_median_of_round_ratios"):
+        if key in one:
+            out[key] = one[key]
     return out
 
 
@@ -394,11 +445,9 @@ def bench_raster(args) -> dict:
                    "*_cpu_s (process CPU time, all threads) less so",
            "mesh_raster_sources_sha1": _sources_sha1("mesh_raster"),
            "mesh_texture_sources_sha1": _sources_sha1("mesh_texture")}
-    out["cpu"], rast_z = _raster_forward(v, f, cams, args.repeats)
+    primary, rast_z = _primary_hits(v, f, cams, args.repeats, threads)
+    out.update(primary)
     out["rss_mb_after_cpu_forward"] = rss_mb()
-    out["open3d"] = _open3d_primary(v, f, cams, rast_z, args.repeats, threads)
-    if "cast_rays_s" in out["open3d"]:
-        out["speedup_recon_cpu_over_open3d"] = out["open3d"]["cast_rays_s"] / out["cpu"]["forward_s"]
     del rast_z
     out["one_thread"] = _one_thread_pair(v, f, cams, args.repeats, threads)
     out["chain"] = {"what": "rasterize -> interpolate(uv, rast_db, diff_attrs='all') -> texture "
@@ -451,11 +500,11 @@ def print_raster_summary(report: dict) -> None:
     if "cast_rays_s" in o3:
         a, one = o3["agreement"], rs["one_thread"]
         print(f"open3d cast_rays: {1e3 * o3['cast_rays_s']:.1f} ms (build {1e3 * o3['build_s']:.1f} ms); open3d / "
-              f"recon = {rs['speedup_recon_cpu_over_open3d']:.2f}; ids agree on {100 * a['id_agreement']:.4f}% of "
+              f"recon = {rs['speedup_recon_cpu_over_open3d']:.2f} (per-round median {rs['speedup_median_of_round_ratios']:.2f}); ids agree on {100 * a['id_agreement']:.4f}% of "
               f"{a['pixels_covered_in_either']} pixels ({a['ids_differ']} differ), depth max rel diff "
               f"{a['depth_max_rel_diff']:.1e}")
         print(f"one thread: recon {1e3 * one['cpu_forward_s']:.1f} ms, open3d {1e3 * one['open3d_cast_rays_s']:.1f} ms "
-              f"(open3d / recon = {one['speedup_recon_cpu_over_open3d']:.2f})")
+              f"(open3d / recon = {one['speedup_recon_cpu_over_open3d']:.2f}, per-round {one['speedup_median_of_round_ratios']:.2f})")
     ch = rs["chain"]
     print(f"raster chain fwd+bwd: {1e3 * ch['total_s']:.0f} ms (fwd {1e3 * ch['forward_s']:.0f}, bwd "
           f"{1e3 * ch['backward_s']:.0f}); peak RSS {rs['peak_rss_mb']:.0f} MB")

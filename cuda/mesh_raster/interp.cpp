@@ -33,6 +33,57 @@ InterpInputs check_interp(const at::Tensor& attr, const at::Tensor& rast, const 
   return {C, C == 0 ? 0 : P / C, attr.size(0), V, attr.size(2), F};
 }
 
+// Interpolates the n pixels of rast r (one camera; ac = its attribute table [V, A]) into out [n, A]; kA > 0 fixes
+// A at compile time. Sets bad when an id lies outside [-1, F). rast comes from DRAM (the rasterizer streams it
+// out), so it is prefetched ahead of the dependent index and attribute loads.
+template <int kA>
+inline void interp_block(const float* __restrict r, int64_t n, const float* __restrict ac, const int32_t* __restrict t,
+                         int64_t F, int64_t A_, float* __restrict out, bool& bad) {
+  const int64_t A = kA > 0 ? kA : A_;
+  for (int64_t p = 0; p < n; ++p) {
+    if ((p & 3) == 0) __builtin_prefetch(r + (p + 64) * 4);
+    const float* rp = r + p * 4;
+    const int f = pixel_tri(rp);
+    float* op = out + p * A;
+    if (f < 0 || f >= F) {
+      bad |= f >= F || f < -1;
+      for (int64_t k = 0; k < A; ++k) op[k] = 0.f;
+      continue;
+    }
+    const float *a0 = ac + t[3 * f] * A, *a1 = ac + t[3 * f + 1] * A, *a2 = ac + t[3 * f + 2] * A;
+    const float u = rp[0], v = rp[1], w = 1.f - u - v;
+    for (int64_t k = 0; k < A; ++k) op[k] = u * a0[k] + v * a1[k] + w * a2[k];
+  }
+}
+
+// interp_block with screen-space derivatives of the attributes diff_idx (written straight to od [n, 2 * n_da]).
+inline void interp_block_da(const float* r, const float* db, int64_t n, const float* ac, const int32_t* t, int64_t F,
+                            int64_t A, const std::vector<int64_t>& diff_idx, float* out, float* od, bool& bad) {
+  const int64_t n_da = (int64_t)diff_idx.size();
+  for (int64_t p = 0; p < n; ++p) {
+    const float* rp = r + p * 4;
+    const int f = pixel_tri(rp);
+    float* op = out + p * A;
+    float* odp = od + p * 2 * n_da;
+    if (f < 0 || f >= F) {
+      bad |= f >= F || f < -1;
+      std::fill(op, op + A, 0.f);
+      std::fill(odp, odp + 2 * n_da, 0.f);
+      continue;
+    }
+    const float *a0 = ac + t[3 * f] * A, *a1 = ac + t[3 * f + 1] * A, *a2 = ac + t[3 * f + 2] * A;
+    const float u = rp[0], v = rp[1], w = 1.f - u - v;
+    for (int64_t k = 0; k < A; ++k) op[k] = u * a0[k] + v * a1[k] + w * a2[k];
+    const float* dbp = db + p * 4;
+    for (int64_t j = 0; j < n_da; ++j) {
+      const int64_t k = diff_idx[j];
+      const float d0 = a0[k] - a2[k], d1 = a1[k] - a2[k];
+      odp[2 * j] = d0 * dbp[0] + d1 * dbp[2];
+      odp[2 * j + 1] = d0 * dbp[1] + d1 * dbp[3];
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<at::Tensor> interpolate_forward(const at::Tensor& attr, const at::Tensor& rast, const at::Tensor& tri,
@@ -57,39 +108,32 @@ std::vector<at::Tensor> interpolate_forward(const at::Tensor& attr, const at::Te
   float* o = out.data_ptr<float>();
   float* od = with_da ? da.data_ptr<float>() : nullptr;
   std::atomic<bool> bad_id{false};
-  // Blocks of pixels are computed into a per-worker buffer and streamed out (see stream_copy).
+  // Blocks of pixels are computed into a per-worker buffer and streamed out (see stream_copy); a block never
+  // crosses a camera, so each block knows its attribute table.
   constexpr int64_t kBlock = 256;
   std::vector<std::vector<float>> block(max_slots(), std::vector<float>(kBlock * A));
-  parallel_dynamic(in.C * in.P, 16 * kBlock, [&](int64_t pb, int64_t pe, int slot) {
+  const int64_t blocks_per_cam = (in.P + kBlock - 1) / kBlock;
+  parallel_dynamic(in.C * blocks_per_cam, 16, [&](int64_t bb, int64_t be, int slot) {
     float* buf = block[slot].data();
-    for (int64_t b0 = pb; b0 < pe; b0 += kBlock) {
-      const int64_t b1 = std::min(pe, b0 + kBlock);
-      for (int64_t p = b0; p < b1; ++p) {
-        const float* rp = r + p * 4;
-        const int f = pixel_tri(rp);
-        float* op = buf + (p - b0) * A;
-        float* odp = with_da ? od + p * 2 * n_da : nullptr;
-        if (f < 0 || f >= in.F) {
-          if (f >= in.F || f < -1) bad_id = true;
-          std::fill(op, op + A, 0.f);
-          if (with_da) std::fill(odp, odp + 2 * n_da, 0.f);
-          continue;
-        }
-        const float* ac = ap + (in.Ca == 1 ? 0 : p / in.P) * in.V * A;
-        const float *a0 = ac + t[3 * f] * A, *a1 = ac + t[3 * f + 1] * A, *a2 = ac + t[3 * f + 2] * A;
-        const float u = rp[0], v = rp[1], w = 1.f - u - v;
-        for (int64_t k = 0; k < A; ++k) op[k] = u * a0[k] + v * a1[k] + w * a2[k];
-        if (!with_da) continue;
-        const float* dbp = db + p * 4;
-        for (int64_t j = 0; j < n_da; ++j) {
-          const int64_t k = diff_idx[j];
-          const float d0 = a0[k] - a2[k], d1 = a1[k] - a2[k];
-          odp[2 * j] = d0 * dbp[0] + d1 * dbp[2];
-          odp[2 * j + 1] = d0 * dbp[1] + d1 * dbp[3];
+    bool bad = false;
+    for (int64_t b = bb; b < be; ++b) {
+      const int64_t c = b / blocks_per_cam, p0 = b % blocks_per_cam * kBlock;
+      const int64_t b0 = c * in.P + p0, b1 = c * in.P + std::min(in.P, p0 + kBlock);
+      const float* ac = ap + (in.Ca == 1 ? 0 : c) * in.V * A;
+      if (with_da) {
+        interp_block_da(r + b0 * 4, db + b0 * 4, b1 - b0, ac, t, in.F, A, diff_idx, buf, od + b0 * 2 * n_da, bad);
+      } else {
+        switch (A) {  // the common widths unrolled at compile time
+          case 1: interp_block<1>(r + b0 * 4, b1 - b0, ac, t, in.F, A, buf, bad); break;
+          case 2: interp_block<2>(r + b0 * 4, b1 - b0, ac, t, in.F, A, buf, bad); break;
+          case 3: interp_block<3>(r + b0 * 4, b1 - b0, ac, t, in.F, A, buf, bad); break;
+          case 4: interp_block<4>(r + b0 * 4, b1 - b0, ac, t, in.F, A, buf, bad); break;
+          default: interp_block<0>(r + b0 * 4, b1 - b0, ac, t, in.F, A, buf, bad);
         }
       }
       stream_copy(o + b0 * A, buf, (b1 - b0) * A);
     }
+    if (bad) bad_id = true;
 #ifdef MR_AVX2
     _mm_sfence();  // the non-temporal stores are visible before this chunk counts as done
 #endif

@@ -104,6 +104,41 @@ void planes_soa(const float* __restrict v, int64_t n, int64_t sv, double hw, dou
   }
 }
 
+// Gathers the clip vertices of triangles tri[0 .. n) into structure-of-arrays v[(4 * vertex + coord) * sv + i].
+void gather_vertices(const float* __restrict pos_c, const int32_t* __restrict tri, int64_t n, float* __restrict v,
+                     int64_t sv) {
+  constexpr int64_t kAhead = 16;  // the vertex loads are latency-bound without prefetching
+  int64_t i = 0;
+#ifdef MR_AVX2
+  // 8 triangles at a time: each vertex is one 16-byte load; a 4x8 transpose makes the x, y, z, w rows.
+  for (; i + 8 <= n; i += 8) {
+    for (int64_t k = i + kAhead; k < std::min(n, i + kAhead + 8); ++k)
+      for (int j = 0; j < 3; ++j) __builtin_prefetch(pos_c + 4 * (int64_t)tri[3 * k + j]);
+    for (int j = 0; j < 3; ++j) {
+      auto at = [&](int64_t k) { return _mm_loadu_ps(pos_c + 4 * (int64_t)tri[3 * (i + k) + j]); };
+      const __m256 m0 = _mm256_insertf128_ps(_mm256_castps128_ps256(at(0)), at(4), 1);
+      const __m256 m1 = _mm256_insertf128_ps(_mm256_castps128_ps256(at(1)), at(5), 1);
+      const __m256 m2 = _mm256_insertf128_ps(_mm256_castps128_ps256(at(2)), at(6), 1);
+      const __m256 m3 = _mm256_insertf128_ps(_mm256_castps128_ps256(at(3)), at(7), 1);
+      const __m256 t0 = _mm256_unpacklo_ps(m0, m1), t1 = _mm256_unpackhi_ps(m0, m1);
+      const __m256 t2 = _mm256_unpacklo_ps(m2, m3), t3 = _mm256_unpackhi_ps(m2, m3);
+      _mm256_storeu_ps(v + (4 * j) * sv + i, _mm256_shuffle_ps(t0, t2, 0x44));
+      _mm256_storeu_ps(v + (4 * j + 1) * sv + i, _mm256_shuffle_ps(t0, t2, 0xEE));
+      _mm256_storeu_ps(v + (4 * j + 2) * sv + i, _mm256_shuffle_ps(t1, t3, 0x44));
+      _mm256_storeu_ps(v + (4 * j + 3) * sv + i, _mm256_shuffle_ps(t1, t3, 0xEE));
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    if (i + kAhead < n)
+      for (int j = 0; j < 3; ++j) __builtin_prefetch(pos_c + 4 * (int64_t)tri[3 * (i + kAhead) + j]);
+    for (int j = 0; j < 3; ++j) {
+      const float* p = pos_c + 4 * (int64_t)tri[3 * i + j];
+      for (int c = 0; c < 4; ++c) v[(4 * j + c) * sv + i] = p[c];
+    }
+  }
+}
+
 template <typename Fn>
 inline void for_each_tile_of(const PixBox& b, Fn&& fn) {
   const int tx0 = b.x0 / kTile, ty0 = b.y0 / kTile, tx1 = b.x1 / kTile, ty1 = b.y1 / kTile;
@@ -143,20 +178,13 @@ void bin_chunk(const float* pos_c, const int32_t* tri, int64_t fb, int64_t fe, c
   const int64_t n_tiles = g.n_tiles(), n = fe - fb;
   // Array strides padded off powers of two (12 streams 16 KB apart would share L1 sets) and to 8 lanes.
   const int64_t sv = (n + 15) / 16 * 16 + 16, sp = (n + 7) / 8 * 8 + 8;
-  s.v.assign(12 * sv, 0.f);
+  s.v.resize(12 * sv);  // every entry read is written first: no clearing
   s.box.resize(4 * sv);
   s.kind.resize(sv);
   s.pl.resize(13 * sp);
   float* v = s.v.data();
   int32_t* box = s.box.data();
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + 16 < n)  // the vertex gathers are latency-bound otherwise
-      for (int j = 0; j < 3; ++j) __builtin_prefetch(pos_c + 4 * (int64_t)tri[3 * (fb + i + 16) + j]);
-    for (int j = 0; j < 3; ++j) {
-      const float* p = pos_c + 4 * (int64_t)tri[3 * (fb + i) + j];
-      for (int c = 0; c < 4; ++c) v[(4 * j + c) * sv + i] = p[c];
-    }
-  }
+  gather_vertices(pos_c, tri + 3 * fb, n, v, sv);
   const float margin = (float)(kBBoxMargin + 1e-6 * std::max(g.W, g.H));  // + float rounding of projections
   bboxes_soa(v, n, sv, g.H, g.W, margin, box, s.kind.data());
   planes_soa(v, n, sv, 0.5 * g.W, 0.5 * g.H, s.pl.data(), sp);
@@ -199,6 +227,7 @@ void bin_chunk(const float* pos_c, const int32_t* tri, int64_t fb, int64_t fe, c
 // (u, v, ndc_z, id + 1) and (du/dX, du/dY, dv/dX, dv/dY) at the pixel (dx, dy) relative to the record's first
 // pixel, in double from the record's float coefficients (~1e-7 relative rounding of values at most a bbox away:
 // u, v within ~1e-6 of the exact ones).
+template <bool kWithDb>
 inline void resolve_pixel(const TileTri& r, int dx, int dy, float* rast, float* db) {
   double e[3], S = 0, SA = 0, SB = 0;
   for (int k = 0; k < 3; ++k) {
@@ -210,6 +239,7 @@ inline void resolve_pixel(const TileTri& r, int dx, int dy, float* rast, float* 
   rast[1] = (float)v;
   rast[2] = (float)((double)r.z + (double)r.za * dx + (double)r.zb * dy);
   rast[3] = (float)(r.id + 1);
+  if (!kWithDb) return;
   db[0] = (float)((r.ea[0] - u * SA) * inv);
   db[1] = (float)((r.eb[0] - u * SB) * inv);
   db[2] = (float)((r.ea[1] - v * SA) * inv);
@@ -254,10 +284,13 @@ void raster_tile(int64_t tile, const Grid& g, const ChunkBins* chunks, int64_t n
       const int32_t i = ibuf[y * kRow + x];
       if (i < 0) {
         std::fill(rrow + 4 * x, rrow + 4 * x + 4, 0.f);
-        std::fill(drow + 4 * x, drow + 4 * x + 4, 0.f);
+        if (db_c != nullptr) std::fill(drow + 4 * x, drow + 4 * x + 4, 0.f);
       } else {
         const TileTri& r = *s.seen[i];
-        resolve_pixel(r, x - r.x0, y - r.y0, rrow + 4 * x, drow + 4 * x);
+        if (db_c != nullptr)
+          resolve_pixel<true>(r, x - r.x0, y - r.y0, rrow + 4 * x, drow + 4 * x);
+        else
+          resolve_pixel<false>(r, x - r.x0, y - r.y0, rrow + 4 * x, drow + 4 * x);
       }
     }
     const int64_t px = (int64_t)(oy + y) * g.W + ox;

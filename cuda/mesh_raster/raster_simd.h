@@ -138,7 +138,11 @@ inline void shrink_small_soa(const double* __restrict pl, int64_t sp, int64_t n,
     const __m256d za = _mm256_loadu_pd(pl + 9 * sp + i), zb = _mm256_loadu_pd(pl + 10 * sp + i);
     const __m256d zc = _mm256_loadu_pd(pl + 11 * sp + i);
     __m256d cx0 = inf, cy0 = inf, cx1 = ninf, cy1 = ninf;
-    for (int j = 0; j < kMax; ++j) {
+    // Only as many pixel slots as the largest active bbox has (most have 1 to 3 pixels).
+    const __m256d act_area = _mm256_and_pd(act, area);
+    const __m128d hi2 = _mm_max_pd(_mm256_castpd256_pd128(act_area), _mm256_extractf128_pd(act_area, 1));
+    const int n_slots = (int)_mm_cvtsd_f64(_mm_max_sd(hi2, _mm_unpackhi_pd(hi2, hi2)));
+    for (int j = 0; j < n_slots; ++j) {
       const __m256d jd = _mm256_set1_pd((double)j);
       const __m256d dy = _mm256_floor_pd(_mm256_fmadd_pd(jd, rw, tiny)), dx = _mm256_fnmadd_pd(dy, w, jd);
       const __m256d X = _mm256_add_pd(_mm256_add_pd(x0, dx), half), Y = _mm256_add_pd(_mm256_add_pd(y0, dy), half);
@@ -194,8 +198,7 @@ inline void depth_test_row(const float e[3], const float ea[3], float z, float z
     m = _mm256_and_ps(m, _mm256_cmp_ps(zz, _mm256_set1_ps(-1.f), _CMP_GE_OQ));
     m = _mm256_and_ps(m, _mm256_cmp_ps(zz, _mm256_set1_ps(1.f), _CMP_LE_OQ));
     m = _mm256_and_ps(m, _mm256_cmp_ps(zz, zb, _CMP_LT_OQ));
-    if (_mm256_testz_ps(m, m)) continue;
-    _mm256_storeu_ps(zrow + x, _mm256_blendv_ps(zb, zz, m));
+    _mm256_storeu_ps(zrow + x, _mm256_blendv_ps(zb, zz, m));  // branch-free: the outcome is unpredictable
     const __m256i ib = _mm256_loadu_si256((const __m256i*)(irow + x));
     _mm256_storeu_si256((__m256i*)(irow + x), _mm256_blendv_epi8(ib, vidx, _mm256_castps_si256(m)));
   }
