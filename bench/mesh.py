@@ -331,15 +331,24 @@ def _primary_hits(v, f, cams, repeats: int, threads: int) -> dict:
     return out, (rast, z)
 
 
+SETTLE_S = 0.05
+
+
 def _interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
     """Times the callables of fns round-robin (one warm-up call each, then repeats rounds, the order reversed every
-    other round). Returns ({name: {"wall", "cpu" (medians), "walls" (per round)}}, {name: last result})."""
+    other round). Returns ({name: {"wall", "cpu" (medians), "walls" (per round)}}, {name: last result}).
+
+    Each timed call starts SETTLE_S after the previous one ended: recon runs on torch's OpenMP threads and open3d on
+    Embree's TBB threads, and either pool's workers keep spinning for a while after a call. Back to back, a call ran
+    ~10 ms slower right after the other library's (measured on 2 cores), which is interference between two thread
+    pools in one process, not the speed of either."""
     names = list(fns)
     last = {k: fns[k]() for k in names}
     walls = {k: [] for k in names}
     cpus = {k: [] for k in names}
     for r in range(repeats):
         for k in (names if r % 2 == 0 else names[::-1]):
+            time.sleep(SETTLE_S)
             t0, c0 = time.perf_counter(), time.process_time()
             last[k] = fns[k]()
             walls[k].append(time.perf_counter() - t0)
