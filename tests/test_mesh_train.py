@@ -102,6 +102,10 @@ def test_train_mesh_on_sample_scene(mesh_run):
     lines = [json.loads(x) for x in (mesh_run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [50] and lines[0]["num_faces"] > 500
     assert (mesh_run / "exports" / "mesh.glb").is_file()
+    # The refinement stage's learning rates end at optim.lr_final_fraction (0.1) of their start.
+    state = torch.load(mesh_run / "checkpoints" / "step-0000080.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2 and all(g["lr"] == pytest.approx(0.1 * g["base_lr"]) for g in groups)
 
 
 def test_mesh_run_eval_render_export(mesh_run, tmp_path):

@@ -171,6 +171,8 @@ class MeshOptimConfig:
     """Adam learning rate of the vertex positions in the refinement stage, times the scene size."""
     lr_texture: float = 2e-2
     """Adam learning rate of the texels."""
+    lr_final_fraction: float = 0.1
+    """The refinement stage's learning rates decay exponentially to this fraction of their start at max_steps."""
     lambda_mask: float = 1.0
     """Weight of the silhouette loss: mean squared error of the antialiased alpha (coverage datasets)."""
     lambda_sdf: float = 0.02
@@ -224,6 +226,7 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("model.min_component_faces", lambda v: v >= 0, "an integer >= 0"),
     ("optim.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
     ("optim.views_per_step", lambda v: v >= 1, "an integer >= 1"),
+    ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
 ] + [(f"optim.{n}", lambda v: v >= 0, "a number >= 0") for n in
      ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats",
       "lr_sdf", "lr_deform", "lr_color", "lr_vertices", "lr_texture", "lambda_mask", "lambda_sdf",

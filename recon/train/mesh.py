@@ -233,7 +233,18 @@ class MeshTrainer(Trainer):
             size = float((self.base_vertices.max(0).values - self.base_vertices.min(0).values).max())
             groups = [{"params": [self.offsets], "lr": o.lr_vertices * size},
                       {"params": [self.texture], "lr": o.lr_texture}]
+        for g in groups:
+            g["base_lr"] = g["lr"]
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+    def _decay_lr(self) -> None:
+        """Refinement stage: exponential decay to optim.lr_final_fraction at max_steps (a function of the step, so a
+        resumed run gets the same rates)."""
+        o = self.cfg.optim
+        span = max(1, self.cfg.max_steps - o.geometry_steps)
+        progress = min(1.0, max(0.0, (self.step - o.geometry_steps) / span))
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * o.lr_final_fraction ** progress
 
     def _start_texture_stage(self) -> None:
         """Extract the surface once, clean it, UV-map it and bake the stage-1 colors into the texture."""
@@ -343,6 +354,8 @@ class MeshTrainer(Trainer):
             loss = loss + o.lambda_laplacian * lap / (size * size) * 1e4 + o.lambda_normal * cons
         self._check_loss(loss)
         loss.backward()
+        if self.stage != GEOMETRY:
+            self._decay_lr()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.step % 50 == 0:
