@@ -39,3 +39,26 @@ def cameras_at(eyes: np.ndarray, size: tuple[int, int], focal: float, up=(0.0, 0
     H, W = size
     K = intrinsics_matrix(focal, focal, W / 2, H / 2)[None].repeat(len(eyes), 1, 1)
     return Cameras(look_at(torch.as_tensor(np.asarray(eyes), dtype=torch.float64), up=up), K, W, H)
+
+
+def icosphere(subdivisions: int, radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subdivided icosahedron: ``10 * 4^s + 2`` vertices [V, 3] float32 on the sphere, faces [F, 3] int64.
+
+    Closed and consistently oriented (every edge shared by two faces).
+    """
+    p = (1 + 5**0.5) / 2
+    verts = [[-1, p, 0], [1, p, 0], [-1, -p, 0], [1, -p, 0], [0, -1, p], [0, 1, p], [0, -1, -p], [0, 1, -p],
+             [p, 0, -1], [p, 0, 1], [-p, 0, -1], [-p, 0, 1]]
+    faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
+             [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5], [2, 4, 11],
+             [6, 2, 10], [8, 6, 7], [9, 8, 1]]
+    v, f = torch.tensor(verts, dtype=torch.float64), torch.tensor(faces)
+    for _ in range(subdivisions):
+        edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(1).values  # [3F, 2]
+        uniq, inv = edges.unique(dim=0, return_inverse=True)
+        mid = len(v) + inv.reshape(3, -1)  # midpoint vertex of edges (01, 12, 20) of every face
+        v = torch.cat([v, (v[uniq[:, 0]] + v[uniq[:, 1]]) / 2])
+        a, b, c = f.T
+        ab, bc, ca = mid
+        f = torch.cat([torch.stack(t, 1) for t in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
+    return (radius * v / v.norm(dim=1, keepdim=True)).float(), f

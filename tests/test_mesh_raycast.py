@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _mesh_util import cameras_at, read_obj, unit_sphere
+from _mesh_util import cameras_at, icosphere, read_obj, unit_sphere
 
 from recon.cameras import Cameras
 from recon.renderers._build import load_cpu_extension
@@ -42,27 +42,6 @@ def open3d_closest(o3d, scene, o, d):
 def bunny(test_data):
     v, f = read_obj(test_data / "meshes" / "bunny.obj")
     return unit_sphere(v), f
-
-
-def icosphere(subdiv=2) -> tuple[torch.Tensor, torch.Tensor]:
-    """A closed, consistently shared unit icosphere (float32 vertices, int64 faces)."""
-    p = (1 + 5**0.5) / 2
-    verts = [[-1, p, 0], [1, p, 0], [-1, -p, 0], [1, -p, 0], [0, -1, p], [0, 1, p], [0, -1, -p], [0, 1, -p],
-             [p, 0, -1], [p, 0, 1], [-p, 0, -1], [-p, 0, 1]]
-    faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
-             [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5], [2, 4, 11],
-             [6, 2, 10], [8, 6, 7], [9, 8, 1]]
-    verts = [np.array(x, float) / np.linalg.norm(x) for x in verts]
-    for _ in range(subdiv):
-        mid, new = {}, []
-        for a, b, c in faces:
-            ab, bc, ca = [mid.setdefault(tuple(sorted(e)), len(verts) + len(mid)) for e in ((a, b), (b, c), (c, a))]
-            new += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-        for (i, j), k in sorted(mid.items(), key=lambda kv: kv[1]):
-            m = verts[i] + verts[j]
-            verts.append(m / np.linalg.norm(m))
-        faces = new
-    return torch.tensor(np.array(verts), dtype=torch.float32), torch.tensor(faces, dtype=torch.int64)
 
 
 def random_soup(n_tri=300, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
