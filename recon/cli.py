@@ -14,13 +14,14 @@ import tyro
 
 from recon.train.config import METHODS, load_config_file, validate
 
-USAGE = """usage: recon {train,eval,render,export} ...
+USAGE = """usage: recon {train,eval,render,relight,export} ...
 
-  recon train [gaussians|mesh] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon train [gaussians|mesh|mesh-pbr] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
   recon eval RUN | --scene FILE --data DIR
   recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
   recon render --scene FILE.{ply,obj,glb} --data DIR [--split test] [--out DIR]
-  recon export RUN --format ply|obj|glb --out FILE
+  recon relight RUN | --scene FILE.glb --data DIR  --envmap FILE.{hdr,exr} [--rotate DEG] [--out DIR]
+  recon export RUN --format ply|obj|glb|hdr|exr --out FILE
 
 Run `recon <command> --help` for every option with its default."""
 
@@ -45,6 +46,15 @@ class SourceArgs:
     """Rasterizer backend (gsplat: Gaussians on CUDA; nvdiffrast: meshes on CUDA)."""
     device: str = "auto"
     """Torch device."""
+    integrator: Literal["auto", "splitsum", "mc"] = "auto"
+    """Shading of relightable scenes: "splitsum" (fast, no shadows), "mc" (Monte Carlo with shadow rays);
+    "auto": mc for relight, the run's training integrator (splitsum) otherwise."""
+    spp: int = 64
+    """Monte Carlo samples per pixel and strategy (light, BRDF)."""
+    supersample: int = 1
+    """Shade N x N sub-pixel samples per pixel (anti-aliasing like a path tracer's pixel filter)."""
+    indirect: bool = False
+    """Monte Carlo: add one bounce of indirect light (interreflections; slower)."""
 
 
 @dataclass
@@ -65,7 +75,9 @@ class RenderArgs(SourceArgs):
     """Camera path: the split's cameras, or an orbit around the scene."""
     channels: str = "rgb"
     """Comma-separated outputs: rgb, depth (<name>_depth.npy, float32 camera z, 0 where empty), alpha,
-    normal (meshes: <name>_normal.png, world-space shading normal encoded as (n + 1) / 2)."""
+    normal (meshes: <name>_normal.png, world-space shading normal encoded as (n + 1) / 2, and <name>_normal.npy
+    float32 [H, W, 3], 0 on background), albedo (<name>_albedo.png, sRGB-encoded base color), roughness and
+    metallic (<name>_roughness.png / _metallic.png, 8-bit linear)."""
     out: Path | None = None
     """Output folder (default: RUN/renders/<path>)."""
     frames: int = 60
@@ -75,12 +87,26 @@ class RenderArgs(SourceArgs):
 
 
 @dataclass
+class RelightArgs(RenderArgs):
+    """Render a relightable scene (a PBR run, or a glTF/OBJ asset with its material) under another light."""
+
+    envmap: Path | None = None
+    """The new environment: an equirectangular linear HDR map (.hdr or .exr, 2:1), in the dataset's world frame
+    (the direction convention of docs/inverse_rendering.md)."""
+    rotate: float = 0.0
+    """Rotate the environment about the world +Z axis by this many degrees."""
+    scale: float = 1.0
+    """Multiply the environment's radiance by this factor."""
+
+
+@dataclass
 class ExportArgs(SourceArgs):
     """Export a trained scene."""
 
-    format: Literal["ply", "obj", "glb"] = "ply"
-    """File format: ply (Gaussians: the standard 3DGS layout; meshes: vertex colors), obj (+ .mtl and PNG
-    textures), glb (glTF 2.0 binary, PBR material); obj and glb are for meshes."""
+    format: Literal["ply", "obj", "glb", "hdr", "exr"] = "ply"
+    """File format: ply (Gaussians: the standard 3DGS layout; meshes: vertex colors), obj (+ .mtl with the PBR
+    extension and PNG textures), glb (glTF 2.0 binary, metallic-roughness material); obj and glb are for meshes;
+    hdr / exr write the learned environment light of a PBR run (equirectangular, linear)."""
     out: Path | None = None
     """Output file (default: RUN/exports/scene.<format>)."""
 
@@ -90,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    commands = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "export": cmd_export}
+    commands = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "relight": cmd_relight,
+                "export": cmd_export}
     if argv[0] not in commands:
         print(f"recon: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -125,6 +152,7 @@ def _pop_option(args: list[str], name: str) -> str | None:
 
 def cmd_train(args: list[str]) -> int:
     from recon.train.mesh import MeshTrainer
+    from recon.train.mesh_pbr import MeshPBRTrainer
     from recon.train.trainer import Trainer, default_run_dir
 
     method = "gaussians"
@@ -151,7 +179,8 @@ def cmd_train(args: list[str]) -> int:
     # Store an absolute dataset path so that eval/render/resume work from any directory.
     cfg = replace(cfg, data=resolve_data_path(cfg.data).resolve())
     run_dir = cfg.output or default_run_dir(method, cfg.data)
-    trainer = (MeshTrainer if method == "mesh" else Trainer)(cfg, run_dir, resume=resume is not None)
+    trainer_cls = {"mesh": MeshTrainer, "mesh-pbr": MeshPBRTrainer}.get(method, Trainer)
+    trainer = trainer_cls(cfg, run_dir, resume=resume is not None)
     summary = trainer.train()
     print(f"recon: {run_dir}: test PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}, "
           f"{describe_scene(trainer.eval_scene())}, {summary['train_seconds']:.0f} s training")
@@ -192,8 +221,12 @@ def _load_source(src: SourceArgs, need_data: bool):
 
 def describe_scene(scene) -> str:
     """"N Gaussians" or "V vertices, F faces"."""
+    from recon.scenes.lit import LitScene
     from recon.scenes.mesh import MeshScene
 
+    if isinstance(scene, LitScene):
+        h, w = scene.light.log_radiance.shape[:2]
+        return f"{describe_scene(scene.geometry)}, a {w}x{h} environment light"
     if isinstance(scene, MeshScene):
         return f"{scene.vertices.shape[0]} vertices, {scene.faces.shape[0]} faces"
     return f"{len(scene)} Gaussians"
@@ -220,6 +253,10 @@ def load_run_scene(run_dir: Path):
             raise ValueError(f"{ckpt}: not a recon checkpoint (no 'scene' entry)")
         if _state_kind(state["scene"]) == "mesh":
             return MeshScene.from_state(state["scene"], source=str(ckpt))
+        if _state_kind(state["scene"]) == "lit":
+            from recon.scenes.lit import LitScene
+
+            return LitScene.from_state(state["scene"], source=str(ckpt))
         return GaussianScene.from_state(state["scene"], source=str(ckpt))
     for name in ("scene.ply", "mesh.glb"):
         if (run_dir / "exports" / name).is_file():
@@ -235,10 +272,14 @@ def _state_kind(state) -> str | None:
         return None
 
 
-def _settings(src: SourceArgs, background: torch.Tensor):
-    from recon.renderers import RenderSettings
+def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "splitsum"):
+    from recon.renderers import RenderSettings, ShadingSettings
 
-    return RenderSettings(background=background, backend=src.backend)
+    if src.spp < 1 or src.supersample < 1:
+        raise ValueError(f"--spp and --supersample must be >= 1, got {src.spp} and {src.supersample}")
+    shading = ShadingSettings(integrator=integrator if src.integrator == "auto" else src.integrator, spp=src.spp,
+                              supersample=src.supersample, indirect=src.indirect)
+    return RenderSettings(background=background, backend=src.backend, shading=shading)
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -252,12 +293,26 @@ def cmd_eval(args: list[str]) -> int:
 
     summary = evaluate_split(scene, data.test, bg, _settings(a, bg),
                              mask=alpha_is_mask(cfg.alpha_mode if cfg else "auto", data.format))
+    from recon.scenes.lit import LitScene
+
+    if isinstance(scene, LitScene):
+        from recon.evaluate_pbr import evaluate_inverse_rendering
+
+        ir = evaluate_inverse_rendering(scene, data, bg, downscale=a.downscale or (cfg.downscale if cfg else 1),
+                                        spp=a.spp, supersample=a.supersample)
+        if ir is not None:
+            summary["inverse_rendering"] = ir
+            print("recon eval: " + ", ".join(f"{k} {ir[k]}" for k in ("albedo_psnr", "roughness_mae",
+                                                                        "normal_mae_deg", "relight_psnr") if k in ir))
     train_seconds = None
     if run_dir is not None and latest_checkpoint(run_dir) is not None:
         train_seconds = load_checkpoint(latest_checkpoint(run_dir)).get("train_seconds")
     from recon.scenes.mesh import MeshScene
 
-    size = {"num_faces": scene.num_faces} if isinstance(scene, MeshScene) else {"num_gaussians": len(scene)}
+    from recon.scenes.lit import LitScene
+
+    geom = scene.geometry if isinstance(scene, LitScene) else scene
+    size = {"num_faces": geom.num_faces} if isinstance(geom, MeshScene) else {"num_gaussians": len(geom)}
     summary.update(**size, train_seconds=train_seconds)
     for v in summary["views"]:
         print(f"  {v['name']:>20s}  PSNR {v['psnr']:6.2f}  SSIM {v['ssim']:.4f}")
@@ -300,32 +355,36 @@ def orbit_cameras(cameras, frames: int):
     return Cameras(torch.stack(w2cs).float(), K.float(), cameras.width, cameras.height)
 
 
-def cmd_render(args: list[str]) -> int:
+CHANNELS = ("rgb", "depth", "alpha", "normal", "albedo", "roughness", "metallic")
+
+
+def _parse_channels(text: str) -> list[str]:
+    channels = [c.strip() for c in text.split(",") if c.strip()]
+    bad = sorted(set(channels) - set(CHANNELS))
+    if bad or not channels:
+        raise ValueError(f"--channels takes a comma-separated subset of {','.join(CHANNELS)}; got {text!r}")
+    return channels
+
+
+def _camera_path(a: RenderArgs, data):
+    split = data.test if a.split == "test" else data.train
+    if a.path == "test":
+        return split.cameras, list(split.names)
+    return orbit_cameras(data.train.cameras, a.frames), [f"orbit_{i:04d}" for i in range(a.frames)]
+
+
+def _write_frames(scene, cams, names: list[str], settings, channels: list[str], out_dir: Path) -> list:
+    """Render every camera and write the asked channels (see RenderArgs.channels); returns the 8-bit RGB frames."""
     import numpy as np
 
+    from recon.color import linear_to_srgb
     from recon.data.io import write_png
     from recon.renderers import render
 
-    a = tyro.cli(RenderArgs, args=args, prog="recon render")
-    if a.frames < 1 or a.fps < 1:
-        raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
-    channels = [c.strip() for c in a.channels.split(",") if c.strip()]
-    bad = sorted(set(channels) - {"rgb", "depth", "alpha", "normal"})
-    if bad or not channels:
-        raise ValueError(f"--channels takes a comma-separated subset of rgb,depth,alpha,normal; got {a.channels!r}")
-    scene, data, run_dir, _ = _load_source(a, need_data=True)
-    split = data.test if a.split == "test" else data.train
-    if a.path == "test":
-        cams, names = split.cameras, split.names
-    else:
-        cams = orbit_cameras(data.train.cameras, a.frames)
-        names = [f"orbit_{i:04d}" for i in range(a.frames)]
-    out_dir = a.out or ((run_dir / "renders" / a.path) if run_dir else Path("renders") / a.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = scene_device(scene)
-    bg = torch.tensor(data.background, dtype=torch.float32, device=device)
-    extra = ("normal",) if "normal" in channels else ()
-    settings = replace(_settings(a, bg), channels=("rgb", "alpha", "depth", *extra))
+    gbuf = tuple(c for c in ("normal", "albedo", "roughness", "metallic") if c in channels)
+    settings = replace(settings, channels=("rgb", "alpha", "depth", *gbuf))
     frames = []
     with torch.no_grad():
         for i, name in enumerate(names):
@@ -340,9 +399,68 @@ def cmd_render(args: list[str]) -> int:
             if "normal" in channels:
                 if out.normal is None:
                     raise ValueError("--channels normal: this scene type renders no normals")
-                write_png(out_dir / f"{name}_normal.png", (out.normal[0].cpu().numpy() + 1) / 2)
+                normal = out.normal[0].cpu().numpy().astype(np.float32)
+                write_png(out_dir / f"{name}_normal.png", (normal + 1) / 2)
+                np.save(out_dir / f"{name}_normal.npy", normal)
+            for key in ("albedo", "roughness", "metallic"):
+                if key not in channels:
+                    continue
+                if key not in out.gbuffer:
+                    raise ValueError(f"--channels {key}: this scene has no {key} (not a relightable scene)")
+                value = out.gbuffer[key][0].clamp(0, 1)
+                value = linear_to_srgb(value) if key == "albedo" else value.expand(-1, -1, 3)
+                write_png(out_dir / f"{name}_{key}.png", value.cpu().numpy())
             frames.append((rgb * 255 + 0.5).astype(np.uint8))
+    return frames
+
+
+def cmd_render(args: list[str]) -> int:
+    a = tyro.cli(RenderArgs, args=args, prog="recon render")
+    if a.frames < 1 or a.fps < 1:
+        raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
+    channels = _parse_channels(a.channels)
+    scene, data, run_dir, _ = _load_source(a, need_data=True)
+    cams, names = _camera_path(a, data)
+    out_dir = a.out or ((run_dir / "renders" / a.path) if run_dir else Path("renders") / a.path)
+    bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
+    frames = _write_frames(scene, cams, names, _settings(a, bg), channels, out_dir)
     print(f"recon render: wrote {len(names)} frames to {out_dir}")
+    if a.path == "orbit":
+        _write_video(out_dir / "orbit.mp4", frames, a.fps)
+    return 0
+
+
+def relightable(scene, envmap: Path, rotate: float = 0.0, scale: float = 1.0):
+    """``scene`` under the light of ``envmap`` (a LitScene). ``ValueError`` for a scene without a PBR material."""
+    from recon.scenes.lit import LitScene, has_material
+    from recon.shading.envmap import EnvLight
+
+    geometry = scene.geometry if isinstance(scene, LitScene) else scene
+    if not has_material(geometry):
+        raise ValueError(f"cannot relight a {type(geometry).__name__}: it has no PBR material (base color, "
+                         "roughness, metallic); relight a mesh asset or a run of a PBR method (mesh-pbr)")
+    if not (math.isfinite(rotate) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"--rotate must be finite and --scale > 0, got {rotate} and {scale}")
+    light = EnvLight.from_file(envmap, rotation_deg=rotate)
+    if scale != 1.0:
+        light = EnvLight(light.radiance().detach() * scale, rotation_deg=rotate)
+    return LitScene(geometry, light.to(scene_device(scene)))
+
+
+def cmd_relight(args: list[str]) -> int:
+    a = tyro.cli(RelightArgs, args=args, prog="recon relight")
+    if a.envmap is None:
+        raise ValueError("recon relight needs --envmap FILE.hdr|.exr (a 2:1 equirectangular linear HDR map)")
+    if a.frames < 1 or a.fps < 1:
+        raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
+    channels = _parse_channels(a.channels)
+    scene, data, run_dir, _ = _load_source(a, need_data=True)
+    scene = relightable(scene, a.envmap, a.rotate, a.scale)
+    cams, names = _camera_path(a, data)
+    out_dir = a.out or ((run_dir / "relight" / a.envmap.stem) if run_dir else Path("relight") / a.envmap.stem)
+    bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
+    frames = _write_frames(scene, cams, names, _settings(a, bg, integrator="mc"), channels, out_dir)
+    print(f"recon relight: wrote {len(names)} frames under {a.envmap} to {out_dir}")
     if a.path == "orbit":
         _write_video(out_dir / "orbit.mp4", frames, a.fps)
     return 0

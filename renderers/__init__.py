@@ -9,8 +9,9 @@ from recon.renderers.interface import (
     MeshSettings,
     RenderOutput,
     RenderSettings,
+    ShadingSettings,
     register_renderer,
     render,
 )
 
-__all__ = ["GaussianSettings", "MeshSettings", "RenderOutput", "RenderSettings", "register_renderer", "render"]
+__all__ = ["GaussianSettings", "MeshSettings", "RenderOutput", "RenderSettings", "ShadingSettings", "register_renderer", "render"]

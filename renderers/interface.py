@@ -9,7 +9,7 @@ import torch
 
 from recon.cameras import Cameras
 
-Channel = Literal["rgb", "alpha", "depth", "normal"]
+Channel = Literal["rgb", "alpha", "depth", "normal", "albedo", "roughness", "metallic"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,33 @@ class MeshSettings:
 
 
 @dataclass(frozen=True)
+class ShadingSettings:
+    """How a relightable scene (:class:`recon.scenes.lit.LitScene`: geometry + material + light) is shaded.
+
+    Plain values only: the light itself travels with the scene, so relighting swaps the scene's light and keeps
+    these settings. See ``docs/inverse_rendering.md`` for the integrators.
+    """
+
+    integrator: Literal["splitsum", "mc"] = "splitsum"
+    """"splitsum": prefiltered environment lighting (fast, differentiable w.r.t. the light, no shadows);
+    "mc": Monte Carlo with multiple importance sampling of the light and the BRDF, shadow rays through the
+    scene's ray caster (accurate; relighting and evaluation)."""
+    spp: int = 64
+    """Monte Carlo: samples per pixel of each strategy (light and BRDF), so 2 spp rays per pixel."""
+    seed: int = 0
+    """Monte Carlo: random seed (a fixed seed gives the same image every call)."""
+    shadows: bool = True
+    """Monte Carlo: trace shadow rays (self-occlusion of the environment)."""
+    supersample: int = 1
+    """Shade an N x N grid of sub-pixel samples per pixel and resample them with a Gaussian pixel filter
+    (stddev 0.5 px, as Mitsuba's default), which anti-aliases silhouettes, texture and shading edges the way a
+    path tracer does; costs N^2. G-buffer channels stay pixel-center values."""
+    indirect: bool = False
+    """Monte Carlo: add one bounce of indirect light (BRDF-sampled rays that hit the scene pick up the direct
+    light reflected there; needs ``shadows``). The bounced radiance carries no gradient."""
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     """How to render. Frozen: a new feature adds a field here, not a positional argument."""
 
@@ -56,6 +83,7 @@ class RenderSettings:
     """Implementation: "auto", or a backend name of the scene's family ("torch", "cpu", "gsplat", ...)."""
     gaussians: GaussianSettings = field(default_factory=GaussianSettings)
     mesh: MeshSettings = field(default_factory=MeshSettings)
+    shading: ShadingSettings = field(default_factory=ShadingSettings)
 
 
 @dataclass
@@ -102,6 +130,7 @@ def render(scene, cameras: Cameras, settings: RenderSettings | None = None) -> R
         raise TypeError(f"cameras must be recon.cameras.Cameras, got {type(cameras).__name__}")
     # Importing the families registers them; done lazily so `import recon.renderers` stays light.
     import recon.renderers.gaussians  # noqa: F401
+    import recon.renderers.lit  # noqa: F401
     import recon.renderers.mesh  # noqa: F401
 
     for klass in type(scene).__mro__:

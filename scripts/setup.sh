@@ -12,3 +12,13 @@ if ! "$PY" -c "import open3d" 2>/dev/null && command -v apt-get >/dev/null; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q libusb-1.0-0 >/dev/null; }
 fi
+# Khronos glTF validator (tests/test_gltf_validator.py, scripts/gltf_validate.mjs), pinned, into the git-ignored
+# .cache/npm; needs node and npm (Debian's nodejs + npm when they are missing).
+GLTF_VALIDATOR_VERSION=2.0.0-dev.3.10
+if ! { command -v node && command -v npm; } >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get install -y -q nodejs npm >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q nodejs npm >/dev/null; }
+fi
+if command -v npm >/dev/null && [ "$(node -p "require(process.cwd() + '/.cache/npm/node_modules/gltf-validator/package.json').version" 2>/dev/null)" != "$GLTF_VALIDATOR_VERSION" ]; then
+  npm install --prefix .cache/npm --no-audit --no-fund --silent "gltf-validator@$GLTF_VALIDATOR_VERSION" >/dev/null
+fi

@@ -146,3 +146,73 @@ def test_format_override(tmp_path):
     with pytest.raises(FileNotFoundError, match="no COLMAP model"):
         load_dataset(tmp_path, format="colmap")
     assert load_dataset(tmp_path, format="ngp").format == "ngp"
+
+
+def _blender(root, n=2, size=(6, 4), **top):
+    """A tiny Blender dataset (``transforms_train.json`` + RGBA PNGs); ``top`` overrides the top-level keys."""
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i in range(n):
+        write_png(root / "train" / f"r_{i}.png", rng.random((size[1], size[0], 4)))
+        c2w = np.eye(4)
+        c2w[2, 3] = 4.0
+        frames.append({"file_path": f"./train/r_{i}", "transform_matrix": c2w.tolist()})
+    (root / "transforms_train.json").write_text(json.dumps({"camera_angle_x": 0.5, **top, "frames": frames}))
+
+
+@pytest.mark.parametrize("angle", [0.0, -0.5, math.pi, 4.0, float("nan"), float("inf"), "wide", None, True])
+def test_blender_camera_angle_out_of_range(tmp_path, angle):
+    _blender(tmp_path, camera_angle_x=angle)
+    with pytest.raises(ValueError, match=r"transforms_train\.json: top level field 'camera_angle_x' must be a finite "
+                                         r"number in \(0, pi\) radians, got "):
+        load_dataset(tmp_path, test_every=2)
+
+
+def test_blender_camera_angle_edges_load(tmp_path):
+    for angle in (1e-3, math.pi - 1e-3):
+        _blender(tmp_path, camera_angle_x=angle)
+        d = load_dataset(tmp_path, test_every=2)
+        f = 0.5 * 6 / math.tan(0.5 * angle)
+        assert float(d.train.cameras.K[0, 0, 0]) == pytest.approx(f, rel=1e-6) and f > 0
+
+
+def test_blender_frame_camera_angle_names_the_frame(tmp_path):
+    _blender(tmp_path)
+    meta = json.loads((tmp_path / "transforms_train.json").read_text())
+    meta["frames"][1]["camera_angle_x"] = -0.6911
+    (tmp_path / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"transforms_train\.json: frame 1 \(\./train/r_1\) field 'camera_angle_x' "
+                                         r"must be a finite number in \(0, pi\) radians, got -0\.6911"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value"), [("fl_x", 0.0), ("fl_x", -12.0), ("fl_y", -1.0), ("fl_x", float("nan")),
+                                            ("fl_y", float("inf")), ("fl_x", "long"), ("fl_y", [12.0])])
+def test_ngp_bad_focal_length(tmp_path, key, value):
+    _ngp(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=rf"transforms\.json: top level field '{key}' must be a finite number > 0 "
+                                         r"\(pixels\), got "):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value"), [("camera_angle_x", 0.0), ("camera_angle_x", -0.7),
+                                            ("camera_angle_y", math.pi), ("camera_angle_y", float("nan"))])
+def test_ngp_bad_camera_angle(tmp_path, key, value):
+    meta = _ngp(tmp_path)
+    del meta["fl_x"], meta["fl_y"]
+    meta["camera_angle_x"] = 0.8
+    meta[key] = value
+    _dump(tmp_path, meta)
+    with pytest.raises(ValueError, match=rf"transforms\.json: top level field '{key}' must be a finite number in "
+                                         r"\(0, pi\) radians"):
+        load_dataset(tmp_path)
+
+
+def test_ngp_frame_focal_names_the_frame(tmp_path):
+    meta = _ngp(tmp_path)
+    meta["frames"][2]["fl_x"] = -12.0  # a per-frame override
+    _dump(tmp_path, meta)
+    with pytest.raises(ValueError, match=r"transforms\.json: frame 2 \(images/0002\.png\) field 'fl_x' must be a "
+                                         r"finite number > 0 \(pixels\), got -12\.0"):
+        load_dataset(tmp_path)

@@ -17,6 +17,7 @@ from recon.export.mesh_io import (
     export_vertex_count,
     load_mesh,
     save_mesh,
+    split_at_seams,
     split_at_uv_seams,
 )
 from recon.export.scenes import export_scene, load_scene_file
@@ -405,3 +406,235 @@ def test_save_errors(tmp_path):
         save_mesh(scene, tmp_path / "empty.obj")
     with pytest.raises(ValueError, match="mesh format must be one of"):
         save_mesh(scene, tmp_path / "x.stl")
+
+
+# ----------------------------------------------------------------------------------------------- shading normals
+
+def _glb_parts(path):
+    """``(json dict, binary chunk bytes)`` of a GLB file."""
+    raw = path.read_bytes()
+    n = struct.unpack_from("<I", raw, 12)[0]
+    return json.loads(raw[20:20 + n]), raw[28 + n:]
+
+
+def _glb_accessor(gltf, binary, index):
+    acc = gltf["accessors"][index]
+    view = gltf["bufferViews"][acc["bufferView"]]
+    dtype = {5126: "<f4", 5125: "<u4", 5123: "<u2", 5121: "u1"}[acc["componentType"]]
+    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[acc["type"]]
+    offset = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    return np.frombuffer(binary, dtype, acc["count"] * width, offset).reshape(acc["count"], width)
+
+
+def _pack_glb(gltf, views: list[bytes]) -> bytes:
+    """A GLB of ``gltf`` whose buffer views hold ``views`` (offsets and lengths rewritten, 4-byte aligned)."""
+    blob = b""
+    for entry, data in zip(gltf["bufferViews"], views):
+        entry["byteOffset"], entry["byteLength"] = len(blob), len(data)
+        blob += data + b"\0" * (-len(data) % 4)
+    gltf["buffers"] = [{"byteLength": len(blob)}]
+    js = json.dumps(gltf).encode()
+    js += b" " * (-len(js) % 4)
+    return (struct.pack("<III", 0x46546C67, 2, 28 + len(js) + len(blob)) + struct.pack("<II", len(js), 0x4E4F534A)
+            + js + struct.pack("<II", len(blob), 0x004E4942) + blob)
+
+
+def _corner_normals(scene):
+    return scene.normals.numpy()[scene.normal_faces.numpy()]  # [F, 3, 3]
+
+
+@pytest.mark.parametrize("dataset", ["bob_field", "armadillo_field"])
+def test_gt_asset_normals_are_the_files(test_data, dataset):
+    path = test_data / "synthetic" / dataset / "gt_asset.glb"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MeshWarning)
+        scene = load_mesh(path)
+    gltf, binary = _glb_parts(path)
+    prim = gltf["meshes"][0]["primitives"][0]
+    tri = _glb_accessor(gltf, binary, prim["indices"]).reshape(-1, 3)
+    raw_normals = _glb_accessor(gltf, binary, prim["attributes"]["NORMAL"])
+    raw_pos = _glb_accessor(gltf, binary, prim["attributes"]["POSITION"])
+    assert scene.has_normals and scene.num_faces == len(tri)  # no face was repaired away: corners line up
+    np.testing.assert_array_equal(scene.vertices.detach().numpy()[scene.faces.numpy()], raw_pos[tri])
+    np.testing.assert_allclose(_corner_normals(scene), raw_normals[tri], atol=1e-6, rtol=0)
+    # they are not the area-weighted vertex normals recon would compute (README: armadillo differs by 2.3 deg)
+    computed = scene.vertex_normals().detach()[scene.faces].numpy()
+    angle = np.degrees(np.arccos(np.clip((computed * _corner_normals(scene)).sum(-1), -1, 1)))
+    mean_deg, max_deg = {"bob_field": (0.3, 5.0), "armadillo_field": (2.0, 60.0)}[dataset]  # measured 0.50 / 7.5
+    assert angle.mean() > mean_deg and angle.max() > max_deg  # and 2.3 / 89 degrees
+    # deduplicated by value; positions merged (bob's file splits them at uv seams), so the topology is watertight
+    assert len(np.unique(scene.normals.numpy(), axis=0)) == len(scene.normals) <= len(raw_normals)
+    assert scene.num_vertices == len(np.unique(raw_pos, axis=0)) and mesh_report(scene).boundary_edges == 0
+
+
+def test_files_without_normals_get_none(loaded, tmp_path):
+    assert loaded("bunny").normals is None and loaded("bunny").normal_faces is None  # no vn lines
+    tri = "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
+    scene = load_mesh(_write(tmp_path / "t.obj", tri))
+    assert scene.normals is None
+    for fmt in ("glb", "ply"):  # written without normals: read back without (trimesh never invents them)
+        again = load_mesh(save_mesh(scene, tmp_path / f"t.{fmt}"))
+        assert again.normals is None, fmt
+    gltf, _ = _glb_parts(tmp_path / "t.glb")
+    assert "NORMAL" not in gltf["meshes"][0]["primitives"][0]["attributes"]
+    # an OBJ where only some faces name a vn: trimesh drops them all, and so does recon (never half-invented)
+    mixed = load_mesh(_write(tmp_path / "m.obj", QUAD + "vn 0 0 1\nf 1//1 2//1 3//1\nf 1 3 4\n"))
+    assert mixed.normals is None
+
+
+def test_obj_normals_are_face_varying(tmp_path):
+    # a crease along the diagonal 1-3: face 1 has normal +z everywhere, face 2 a tilted one (unnormalized in the
+    # file, length 2: recon renormalizes)
+    text = QUAD + "vn 0 0 1\nvn 0 1.2 1.6\nf 1//1 2//1 3//1\nf 1//2 3//2 4//2\n"
+    scene = load_mesh(_write(tmp_path / "crease.obj", text))
+    assert scene.num_vertices == 4 and scene.faces.tolist() == [[0, 1, 2], [0, 2, 3]]  # merged at the crease
+    assert scene.normal_faces.tolist() == [[0, 0, 0], [1, 1, 1]]
+    np.testing.assert_allclose(scene.normals.numpy(), [[0, 0, 1], [0, 0.6, 0.8]], atol=1e-7)
+    assert export_vertex_count(scene, "obj") == 6 and export_vertex_count(scene, "glb") == 6  # split at the crease
+    assert export_vertex_count(scene, "ply") == 4
+
+
+def test_ply_normals_load(tmp_path):
+    ply = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+           "property float nx\nproperty float ny\nproperty float nz\nelement face 1\n"
+           "property list uchar int vertex_indices\nend_header\n0 0 0 0 0 1\n1 0 0 0 0.6 0.8\n0 1 0 0 0 1\n3 0 1 2\n")
+    scene = load_mesh(_write(tmp_path / "n.ply", ply))
+    assert scene.normal_faces.tolist() == [[0, 1, 0]]
+    np.testing.assert_allclose(scene.normals.numpy(), [[0, 0, 1], [0, 0.6, 0.8]], atol=1e-7)
+
+
+@pytest.mark.parametrize("fmt", ["obj", "glb"])
+def test_normals_round_trip(loaded, tmp_path, fmt):
+    scene = loaded("spot")  # spot.obj names a vn at every corner
+    assert scene.has_normals
+    path = save_mesh(scene, tmp_path / f"spot.{fmt}")
+    assert len(_trimesh_single(path).vertices) == export_vertex_count(scene, fmt)
+    again = load_mesh(path)
+    np.testing.assert_array_equal(again.faces.numpy(), scene.faces.numpy())
+    np.testing.assert_array_equal(again.normal_faces.numpy(), scene.normal_faces.numpy())
+    np.testing.assert_array_equal(again.normals.numpy(), scene.normals.numpy())  # float32 written exactly
+    if fmt == "glb":
+        gltf, binary = _glb_parts(path)
+        stored = _glb_accessor(gltf, binary, gltf["meshes"][0]["primitives"][0]["attributes"]["NORMAL"])
+        np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-6)  # glTF: NORMAL is unit
+
+
+def test_ply_drops_normals_with_one_warning(loaded, tmp_path):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        path = save_mesh(loaded("bunny").detach_copy(), tmp_path / "plain.ply")
+        spot = save_mesh(loaded("spot"), tmp_path / "spot.ply")
+    assert _mesh_warnings(record) == [f"{spot}: PLY stores no face-varying normals; the shading normals are "
+                                      "not written"]
+    assert load_mesh(spot).normals is None and load_mesh(path).normals is None
+
+
+def test_scene_transform_rotates_normals(tmp_path):
+    # node transform: scale x by 2 (non-uniform: normals use the inverse transpose), then mirror y (det < 0)
+    tri = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]], process=False,
+                          vertex_normals=[[0.6, 0, 0.8], [0, 0, 1], [0, 0, 1]])
+    tm_scene = trimesh.Scene()
+    tm_scene.add_geometry(tri, geom_name="a", transform=np.diag([2.0, -1.0, 1.0, 1.0]))
+    (tmp_path / "s.glb").write_bytes(tm_scene.export(file_type="glb"))
+    scene = load_mesh(tmp_path / "s.glb")
+    corner = _corner_normals(scene)[0]
+    at_origin = (scene.vertices.detach()[scene.faces[0]] == 0).all(1).numpy()  # the corner with normal (.6, 0, .8)
+    np.testing.assert_allclose(corner[at_origin], [[0.3 / np.hypot(0.3, 0.8), 0, 0.8 / np.hypot(0.3, 0.8)]],
+                               atol=1e-6)  # (0.6 / 2, 0, 0.8) renormalized: the inverse transpose of the transform
+    np.testing.assert_allclose(corner[~at_origin], [[0, 0, 1], [0, 0, 1]], atol=1e-7)
+    # the winding flip keeps the shading normals on the side of the geometric normal
+    assert (corner @ scene.face_normals()[0].detach().numpy() > 0).all()
+
+
+def test_split_at_seams_large_indices():
+    # indices whose product overflows the single-key path take the row-wise unique: same answer
+    rng = np.random.default_rng(0)
+    faces, uvf, nf = (rng.integers(0, 5, (20, 3)) for _ in range(3))
+    big = 2**21
+    small = split_at_seams(faces, uvf, nf)
+    large = split_at_seams(faces * big, uvf * big, nf * big)
+    for s, lg in zip(small[:3], large[:3]):
+        np.testing.assert_array_equal(s * big, lg)
+    np.testing.assert_array_equal(small[3], large[3])
+    vi, ui, ni, tri = small
+    np.testing.assert_array_equal(np.stack([vi[tri], ui[tri], ni[tri]], -1), np.stack([faces, uvf, nf], -1))
+
+
+def test_scene_normals_state_and_copies():
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=torch.float32)
+    scene = MeshScene(v, [[0, 1, 2]], normals=[[0.0, 0.0, 2.0], [3.0, 0.0, 4.0]], normal_faces=[[0, 1, 0]])
+    torch.testing.assert_close(scene.normals, torch.tensor([[0.0, 0, 1], [0.6, 0, 0.8]]))  # renormalized
+    assert scene.normals.dtype == torch.float32 and scene.normal_faces.dtype == torch.int64
+    assert "normals" not in scene.param_groups()  # a buffer, not optimized
+    state = scene.to_state()
+    again = MeshScene.from_state(state)
+    assert torch.equal(again.normals, scene.normals) and torch.equal(again.normal_faces, scene.normal_faces)
+    assert torch.equal(scene.detach_copy().normals, scene.normals)
+    plain = scene.without_normals()
+    assert plain.normals is None and plain.normal_faces is None and torch.equal(plain.vertices, scene.vertices)
+    assert scene.has_normals and not plain.has_normals
+    # a state written before normals existed still loads
+    old = {"header": state["header"], "tensors": {k: t for k, t in state["tensors"].items() if "normal" not in k}}
+    assert MeshScene.from_state(old).normals is None
+    # dropping them in place (what a trainer optimizing the vertices does) passes validation
+    scene.normals = scene.normal_faces = None
+    scene.validate()
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"normals": [[0.0, 0.0, 1.0]]}, "normals and MeshScene.normal_faces must be given together"),
+    ({"normals": [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], "normal_faces": [[0, 1, 0]]},
+     r"normals has 1 zero-length rows \(first: row 1\)"),
+    ({"normals": [[0.0, 1.0]], "normal_faces": [[0, 0, 0]]}, r"normals must have shape \[Nn, 3\]"),
+    ({"normals": [[0.0, float("nan"), 1.0]], "normal_faces": [[0, 0, 0]]}, "normals must be finite"),
+    ({"normals": [[0.0, 0.0, 1.0]], "normal_faces": [[0, 0, 1]]}, r"normal_faces must index \[0, Nn=1\)"),
+    ({"normals": [[0.0, 0.0, 1.0]], "normal_faces": [[0, 0, 0], [0, 0, 0]]}, r"normal_faces must have shape \[F=1"),
+])
+def test_scene_normals_validation(kwargs, match):
+    args = {k: torch.tensor(v) for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=match):
+        MeshScene(torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), torch.tensor([[0, 1, 2]]), **args)
+
+
+def test_assigned_non_unit_normals_fail_validation():
+    scene = MeshScene(torch.eye(3), [[0, 1, 2]], normals=[[0.0, 0.0, 1.0]], normal_faces=[[0, 0, 0]])
+    scene.normals = torch.tensor([[0.0, 0.0, 0.5]])
+    with pytest.raises(ValueError, match=r"normals must be unit length, got lengths in \[0.5, 0.5\]"):
+        scene.validate()
+
+
+# ----------------------------------------------------------------------------------------------- bad materials
+
+def test_gray_metallic_roughness_texture_is_refused(tmp_path):
+    path = save_mesh(_pbr_quad(), tmp_path / "q.glb")
+    gltf, binary = _glb_parts(path)
+    views = [binary[v["byteOffset"]:v["byteOffset"] + v["byteLength"]] for v in gltf["bufferViews"]]
+    texture = gltf["materials"][0]["pbrMetallicRoughness"]["metallicRoughnessTexture"]["index"]
+    image_view = gltf["images"][gltf["textures"][texture]["source"]]["bufferView"]
+    gray = io.BytesIO()
+    Image.fromarray(np.full((6, 5), 128, np.uint8), mode="L").save(gray, format="PNG")
+    views[image_view] = gray.getvalue()
+    bad = tmp_path / "gray_mr.glb"
+    bad.write_bytes(_pack_glb(gltf, views))
+    with pytest.raises(ValueError, match=r"gray_mr\.glb: metallicRoughnessTexture has 1 channel\(s\) \(L image\); "
+                                         r"glTF reads roughness from G and metallic from B"):
+        load_mesh(bad)
+    # the repacking itself is sound: the same file with an RGB image loads
+    views[image_view] = _rgb_png(6, 5)
+    good = tmp_path / "rgb_mr.glb"
+    good.write_bytes(_pack_glb(gltf, views))
+    assert tuple(load_mesh(good).roughness_metallic.shape) == (6, 5, 2)
+
+
+def _rgb_png(h, w):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), 64, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("statement", ["map_Pr", "map_Pm", "norm"])
+def test_mtl_missing_pbr_maps(tmp_path, statement):
+    _write(tmp_path / "m.mtl", f"newmtl m\nKd 1 1 1\n{statement} maps/gone_{statement}.png\n")
+    obj = _write(tmp_path / "m.obj", "mtllib m.mtl\n" + QUAD + "vt 0 0\nvt 1 0\nvt 1 1\nusemtl m\nf 1/1 2/2 3/3\n")
+    with pytest.raises(ValueError, match=rf"m\.mtl: {statement} references a missing image .*maps/gone_{statement}"):
+        load_mesh(obj)

@@ -2,8 +2,10 @@
 
 ``camera_angle_x`` gives ``fx = fy = 0.5 W / tan(0.5 camera_angle_x)`` and the principal point is the image
 center ``(W / 2, H / 2)`` (``fl_x, fl_y, cx, cy, w, h`` at the top level are honored when present; W, H default to
-the first image's size). ``file_path`` without an extension means ``.png``. ``transform_matrix`` is an OpenGL
-camera-to-world. Frames keep the file's order.
+the first image's size). ``camera_angle_x`` must be a number in (0, pi) radians and ``fl_x, fl_y`` > 0, else a
+``ValueError`` names the file and field (a negative angle would silently mirror the camera). ``file_path``
+without an extension means ``.png``. ``transform_matrix`` is an OpenGL camera-to-world. Frames keep the file's
+order.
 """
 
 from __future__ import annotations

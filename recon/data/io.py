@@ -2,8 +2,9 @@
 
 * :func:`read_image` returns pixel data *as stored* (no EXIF rotation: calibrations such as COLMAP's are made on
   the stored pixel grid): 8/16-bit PNG and JPG scaled to [0, 1]; ``.hdr`` (Radiance RGBE, own reader) and
-  ``.exr`` (through imageio, when a backend is installed) as linear float.
-* :func:`write_png` writes 8-bit PNGs atomically (temp file in the same folder, then ``os.replace``).
+  ``.exr`` (through the ``OpenEXR`` package) as linear float.
+* :func:`write_png`, :func:`write_hdr` (Radiance RGBE) and :func:`write_exr` write atomically (temp file in the
+  same folder, then ``os.replace``).
 * :class:`Frame` is one parsed, not yet decoded view; :func:`frames_to_split` decodes, checks, undistorts and
   downscales a list of them into a :class:`~recon.data.dataset.Split`.
 """
@@ -30,7 +31,7 @@ from recon.data.undistort import Distortion, undistort_planar, undistortion_grid
 from recon.fileio import atomic_write_bytes
 
 __all__ = [
-    "read_image", "write_png", "image_size", "srgb_to_linear", "linear_to_srgb",
+    "read_image", "write_png", "write_hdr", "write_exr", "image_size", "srgb_to_linear", "linear_to_srgb",
     "Frame", "resolve_image_path", "drop_missing", "holdout_every", "frames_to_split", "resolve_background",
 ]
 
@@ -206,20 +207,35 @@ def _read_hdr(path: Path) -> np.ndarray:
     return out[..., :3].astype(np.float32) * scale
 
 
-def _read_exr(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
-
+def _import_openexr():
     try:
-        with warnings.catch_warnings():  # imageio's plugin probing emits deprecation noise for unrelated plugins
-            warnings.simplefilter("ignore", DeprecationWarning)
-            arr = iio.imread(path)
-    except (OSError, ValueError, RuntimeError, ImportError) as e:
-        raise RuntimeError(
-            f"cannot read {path}: no EXR backend is available to imageio ({e.__class__.__name__}). Install one, e.g. "
-            "`pip install imageio[freeimage]` and `python -c \"import imageio; imageio.plugins.freeimage.download()\"`,"
-            " or use a .hdr version of the file") from e
-    arr = np.asarray(arr, dtype=np.float32)
-    return arr[..., None] if arr.ndim == 2 else arr
+        import OpenEXR
+    except ImportError as e:
+        raise RuntimeError("reading or writing .exr files needs the OpenEXR package: `pip install OpenEXR`") from e
+    return OpenEXR
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    """OpenEXR (first part) as float32 ``[H, W, C]``: R,G,B(,A) -> C = 3 (4); a lone Y or other channel -> C = 1."""
+    try:
+        OpenEXR = _import_openexr()
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot read {path}: {e}") from e
+    try:
+        with OpenEXR.File(str(path), separate_channels=True) as f:
+            channels = {name: np.asarray(ch.pixels) for name, ch in f.parts[0].channels.items()}
+    except (RuntimeError, OSError, TypeError) as e:
+        raise ValueError(f"cannot decode EXR {path}: {e}") from e
+    if all(c in channels for c in "RGB"):
+        names = ["R", "G", "B"] + (["A"] if "A" in channels else [])
+    elif "Y" in channels or len(channels) == 1:
+        names = ["Y" if "Y" in channels else next(iter(channels))]
+    else:
+        raise ValueError(f"EXR {path} has channels {sorted(channels)}; expected R,G,B(,A) or a single Y channel")
+    planes = [channels[n] for n in names]
+    if any(pl.ndim != 2 or pl.shape != planes[0].shape for pl in planes):
+        raise ValueError(f"EXR {path}: channels {names} are subsampled or differ in size; full-resolution expected")
+    return np.stack(planes, axis=-1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -239,6 +255,105 @@ def write_png(path: str | os.PathLike, image) -> None:
         arr = np.round(np.clip(np.nan_to_num(arr.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _hdr_array(image, name: str) -> np.ndarray:
+    """``image`` (numpy / torch) as float ``[H, W, C]``; ``ValueError`` naming ``name`` for other ranks."""
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: image must be numeric [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got "
+                         f"{arr.shape} {arr.dtype}")
+    return arr
+
+
+def write_hdr(path: str | os.PathLike, image, *, rle: bool = True) -> None:
+    """Write linear ``image [H, W, 3]`` (or gray ``[H, W]`` / ``[H, W, 1]``, replicated; numpy or torch) as Radiance
+    RGBE (``.hdr``), run-length encoded scanlines when ``rle`` and 8 <= W < 32768, flat otherwise.
+
+    Each pixel stores a shared exponent and three 8-bit mantissas rounded to nearest, so a channel round-trips
+    through :func:`read_image` within 1/256 of the pixel's largest channel (~0.4 %); values below ~1e-38 of it
+    become 0. Atomic (temp file + ``os.replace``). Raises ``ValueError`` naming ``path`` for a bad shape, or for
+    negative / non-finite values, which RGBE cannot store.
+    """
+    arr = _hdr_array(image, str(path)).astype(np.float64)
+    if arr.shape[-1] == 4:
+        raise ValueError(f"{path}: RGBE stores RGB only, got an RGBA image {arr.shape}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    bad = int((~np.isfinite(arr)).sum() + (arr < 0).sum())
+    if bad:
+        raise ValueError(f"{path}: {bad} negative or non-finite values; RGBE stores finite values >= 0 only")
+    height, width = arr.shape[:2]
+    peak = arr.max(axis=-1)
+    _, exp = np.frexp(peak)  # peak = m * 2^exp, m in [0.5, 1): mantissa bytes in [128, 256)
+    exp = np.clip(exp, -127, 127)
+    mant = np.rint(arr * np.ldexp(1.0, 8 - exp)[..., None])
+    over = mant.max(axis=-1) > 255  # rounding carried to 256: one more exponent step
+    exp = np.where(over, exp + 1, exp)
+    if exp.max(initial=0) > 127:
+        raise ValueError(f"{path}: values up to {peak.max():.4g} exceed the RGBE range (< 2^127)")
+    mant = np.where(over[..., None], np.rint(arr * np.ldexp(1.0, 8 - exp)[..., None]), mant)
+    rgbe = np.empty((height, width, 4), np.uint8)
+    rgbe[..., :3] = np.clip(mant, 0, 255)
+    rgbe[..., 3] = exp + 128
+    rgbe[(peak < 2.0 ** -127) | (rgbe[..., :3].max(axis=-1) == 0)] = 0
+    header = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {height} +X {width}\n".encode("ascii")
+    if rle and 8 <= width < 32768:
+        body = b"".join(_rle_scanline(row) for row in rgbe)
+    else:
+        body = rgbe.tobytes()
+    atomic_write_bytes(Path(path), header + body)
+
+
+def _rle_scanline(row: np.ndarray) -> bytes:
+    """New-style RLE of one ``[W, 4]`` uint8 scanline: per channel, runs of >= 4 equal bytes as (128 + n, value)
+    packets (n <= 127), everything between as literal packets of <= 128 bytes."""
+    width = row.shape[0]
+    out = [bytes([2, 2, width >> 8, width & 0xFF])]
+    for c in range(4):
+        line = row[:, c]
+        starts = np.flatnonzero(np.concatenate(([True], line[1:] != line[:-1])))
+        lengths = np.diff(np.append(starts, width))
+        pos = 0
+        for start, length in zip(starts[lengths >= 4].tolist(), lengths[lengths >= 4].tolist()):
+            for lit in range(pos, start, 128):
+                chunk = line[lit:min(lit + 128, start)]
+                out.append(bytes([len(chunk)]) + chunk.tobytes())
+            value = int(line[start])
+            for k in range(0, length, 127):
+                out.append(bytes([128 + min(127, length - k), value]))
+            pos = start + length
+        for lit in range(pos, width, 128):
+            chunk = line[lit:min(lit + 128, width)]
+            out.append(bytes([len(chunk)]) + chunk.tobytes())
+    return b"".join(out)
+
+
+def write_exr(path: str | os.PathLike, image, *, half: bool = False) -> None:
+    """Write linear ``image [H, W, 3]`` (RGB), ``[H, W, 4]`` (RGBA) or ``[H, W]`` / ``[H, W, 1]`` (Y) as OpenEXR,
+    float32 channels or float16 when ``half``, ZIP-compressed, through the ``OpenEXR`` package.
+
+    Values are stored as given (NaN / Inf included). Atomic (encoded in memory, then temp file + ``os.replace``).
+    Raises ``ValueError`` naming ``path`` for a bad shape or, when ``half``, finite values beyond float16's range
+    (65504); ``RuntimeError`` saying ``pip install OpenEXR`` when the package is missing.
+    """
+    arr = _hdr_array(image, str(path)).astype(np.float32)
+    if half:
+        finite = arr[np.isfinite(arr)]
+        if finite.size and np.abs(finite).max() > 65504.0:
+            raise ValueError(f"{path}: values up to {np.abs(finite).max():.4g} overflow half floats (max 65504); "
+                             "write with half=False")
+        arr = arr.astype(np.float16)
+    OpenEXR = _import_openexr()
+    names = {1: "Y", 3: "RGB", 4: "RGBA"}[arr.shape[-1]]
+    channels = {n: np.ascontiguousarray(arr[..., i]) for i, n in enumerate(names)}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    buf = io.BytesIO()
+    with OpenEXR.File(header, channels) as f:
+        f.write(buf)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 

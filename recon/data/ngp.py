@@ -4,7 +4,8 @@ Keys (top level, each overridable per frame): ``fl_x``, ``fl_y`` (or ``camera_an
 ``cx``, ``cy`` (default: image center), ``w``, ``h`` (default: the first image's size), ``k1 k2 k3 k4 p1 p2``,
 ``camera_model`` ("OPENCV" default, "OPENCV_FISHEYE", or the distortion-free "PINHOLE" / "SIMPLE_PINHOLE";
 instant-ngp's ``is_fisheye: true`` means OPENCV_FISHEYE). ``transform_matrix`` is an OpenGL camera-to-world.
-``aabb_scale`` and other keys are ignored. ``cx, cy`` are used as given: instant-ngp / nerfstudio copy them from
+Focal lengths must be finite and > 0, fields of view in (0, pi) radians (else ``ValueError`` naming the file and
+field). ``aabb_scale`` and other keys are ignored. ``cx, cy`` are used as given: instant-ngp / nerfstudio copy them from
 COLMAP, whose pixel centers sit at +0.5 like recon's.
 
 Distorted images are undistorted at load to a pinhole camera with the **same K and size**; the returned K is the
@@ -79,8 +80,29 @@ def _number(cam: dict, key: str, path: Path, where: str, default=None) -> float 
     return value
 
 
+def _check_focal(cam: dict, path: Path, where: str) -> None:
+    """Focal lengths ``fl_x``, ``fl_y`` must be finite and > 0 (pixels); fields of view ``camera_angle_x``,
+    ``camera_angle_y`` finite in (0, pi) radians (outside it, ``tan`` gives a negative or infinite focal: a
+    mirrored camera). Checks the keys present, used or not; raises ``ValueError`` naming the file and field."""
+    for key, expected in (("fl_x", "> 0 (pixels)"), ("fl_y", "> 0 (pixels)"),
+                          ("camera_angle_x", "in (0, pi) radians"), ("camera_angle_y", "in (0, pi) radians")):
+        if key not in cam:
+            continue
+        raw = cam[key]
+        value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+        if isinstance(raw, str):
+            try:
+                value = float(raw)
+            except ValueError:
+                value = None
+        ok = value is not None and math.isfinite(value) and value > 0 and (key.startswith("fl_") or value < math.pi)
+        if not ok:
+            raise ValueError(f"{path}: {where} field {key!r} must be a finite number {expected}, got {raw!r}")
+
+
 def _intrinsics(cam: dict, path: Path, where: str, size_of_image) -> tuple[torch.Tensor, int, int, Distortion]:
     """K, w, h and distortion from the merged (top level + frame) keys."""
+    _check_focal(cam, path, where)
     w, h = _number(cam, "w", path, where), _number(cam, "h", path, where)
     if w is None or h is None:
         w, h = size_of_image()
@@ -116,6 +138,7 @@ def read_frames(path: Path, meta: dict, extensions: tuple[str, ...] = (".png", "
     """:class:`Frame` s of a transforms file in file order (intrinsics merged from the top level and the frame)."""
     base = path.parent
     top = {k: meta[k] for k in _INTRINSIC_KEYS if k in meta}
+    _check_focal(top, path, "top level")  # before the frames: an error names where the bad value is
     paths = [resolve_image_path(base, str(fr["file_path"]), extensions) for fr in meta["frames"]]
     first_size: dict = {}
 

@@ -8,6 +8,11 @@ vertices with bit-identical float32 positions back, so ``faces`` index unique po
 surface is) while ``uv_faces`` keep the seams. UVs are deduplicated by value and ordered by first use in
 ``uv_faces``; positions keep the file's order of first occurrence. Vertices no face uses are dropped.
 
+**Shading normals.** Normals the file stores (glTF ``NORMAL``, OBJ ``vn`` used as ``f v/vt/vn``, PLY
+``nx ny nz``) are kept face-varying in ``normals`` / ``normal_faces``, deduplicated by value and ordered by first
+use like the uvs (rotated by the inverse transpose of a glTF node transform). A file without stored normals (or an
+OBJ where only some faces name one) loads with ``normals`` None: recon never invents them.
+
 **Repairs on load** (each reported by one :class:`MeshWarning` with its count):
 
 * degenerate faces (a repeated vertex after merging, or zero area, see
@@ -18,12 +23,16 @@ surface is) while ``uv_faces`` keep the seams. UVs are deduplicated by value and
 
 **Errors.** Missing file: ``FileNotFoundError``. Unparseable file, no triangles, NaN/Inf positions (with their
 count), face indices out of range (checked on the raw OBJ face lines and on the arrays trimesh returns), a missing
-``mtllib`` or a missing texture named in an MTL, several textured materials: ``ValueError`` naming the file.
+``mtllib`` or a missing texture named in an MTL (``map_Kd``, ``map_Pr``, ``map_Pm``, ``norm``), several textured
+materials, a glTF ``metallicRoughnessTexture`` with fewer than 3 channels (glTF reads roughness from G and
+metallic from B), zero-length stored normals: ``ValueError`` naming the file.
 
-**Writing** (atomic, :mod:`recon.fileio`). OBJ and GLB store one uv per vertex, so :func:`save_mesh` splits the
-mesh at UV seams (:func:`split_at_uv_seams`): one written vertex per distinct (vertex, uv) pair, ordered by
-vertex then uv; :func:`export_vertex_count` gives that count, which trimesh finds again on reload. PLY keeps
-the unsplit topology. Only vertices used by a face are written.
+**Writing** (atomic, :mod:`recon.fileio`). OBJ and GLB store one uv and one normal per vertex, so
+:func:`save_mesh` splits the mesh at UV seams and normal creases (:func:`split_at_seams`): one written vertex
+per distinct (vertex, uv, normal) corner, ordered by vertex, then uv, then normal (without normals this is
+:func:`split_at_uv_seams`'s (vertex, uv) layout); :func:`export_vertex_count` gives that count, which trimesh
+finds again on reload. OBJ writes normals as ``vn`` with ``f v/vt/vn``, GLB as ``NORMAL``. PLY keeps the
+unsplit topology and drops the normals (one warning). Only vertices used by a face are written.
 
 **Colors.** recon stores linear values. Base-color textures and OBJ / PLY vertex colors are sRGB in files; glTF
 ``COLOR_0`` is linear by the glTF spec (written and read back as float32); roughness, metallic and normal maps
@@ -50,7 +59,8 @@ from recon.data.io import read_image
 from recon.fileio import atomic_write_bytes, atomic_write_text
 from recon.scenes.mesh import MeshMaterial, MeshScene, degenerate_face_mask, mesh_report
 
-__all__ = ["MESH_FORMATS", "MeshWarning", "export_vertex_count", "load_mesh", "save_mesh", "split_at_uv_seams"]
+__all__ = ["MESH_FORMATS", "MeshWarning", "export_vertex_count", "load_mesh", "save_mesh", "split_at_seams",
+           "split_at_uv_seams"]
 
 MESH_FORMATS = ("obj", "ply", "glb")
 READ_SUFFIXES = (".obj", ".ply", ".glb", ".gltf")
@@ -78,12 +88,14 @@ def load_mesh(path, *, name: str | None = None) -> MeshScene:
     if suffix not in READ_SUFFIXES:
         raise ValueError(f"{path}: unsupported mesh file type {suffix!r}; expected one of {list(READ_SUFFIXES)}")
     obj = _check_obj(path) if suffix == ".obj" else None
-    parts = [_part(path, g, t, None if obj is None else obj["materials"]) for g, t in _read_trimesh(path)]
+    stores_normals = obj["normals"] if obj is not None else _file_stores_normals(path)
+    parts = [_part(path, g, t, None if obj is None else obj["materials"], stores_normals)
+             for g, t in _read_trimesh(path)]
     pos = np.concatenate([p["pos"] for p in parts])
     bad = int((~np.isfinite(pos).all(1)).sum())
     if bad:
         raise ValueError(f"{path}: {bad} of {len(pos)} vertices have NaN or Inf coordinates")
-    material, uv, colors = _merge_parts(path, parts)
+    material, uv, colors, nrm = _merge_parts(path, parts)
     offsets = np.cumsum([0] + [len(p["pos"]) for p in parts])[:-1]
     split_faces = np.concatenate([p["faces"] + o for p, o in zip(parts, offsets)])
 
@@ -93,26 +105,20 @@ def load_mesh(path, *, name: str | None = None) -> MeshScene:
     if obj is not None and obj["colors"] is not None:  # trimesh drops them beside a material, else keeps 8 bits
         raw = _lookup_rows(positions, *obj["colors"])
         colors = colors if raw is None else raw
-    uv_faces, uvs = None, None
-    if uv is not None:
-        uv32 = np.stack([uv[:, 0], 1.0 - uv[:, 1]], 1).astype(np.float32)  # trimesh's v-up -> recon's v-down
-        ukeep, umap = _unique_rows(uv32)
-        uv_faces, uvs = umap[split_faces], uv32[ukeep]
-    faces, uv_faces = _repair(path, positions, faces, uv_faces)
+    uv_faces, uvs = _face_varying(split_faces, None if uv is None else
+                                  np.stack([uv[:, 0], 1.0 - uv[:, 1]], 1))  # trimesh's v-up -> recon's v-down
+    normal_faces, normals = _face_varying(split_faces, nrm)
+    faces, (uv_faces, normal_faces) = _repair(path, positions, faces, (uv_faces, normal_faces))
     used = np.unique(faces)  # ascending: keeps the order of first occurrence
     remap = np.zeros(len(positions), np.int64)
     remap[used] = np.arange(len(used))
     faces, positions = remap[faces], positions[used]
     colors = None if colors is None else colors[used]
-    if uv_faces is not None:
-        ids, first = np.unique(uv_faces.reshape(-1), return_index=True)
-        order = ids[np.argsort(first)]  # uvs in order of first use
-        umap = np.zeros(len(uvs), np.int64)
-        umap[order] = np.arange(len(order))
-        uv_faces, uvs = umap[uv_faces], uvs[order]
+    uv_faces, uvs = _by_first_use(uv_faces, uvs)
+    normal_faces, normals = _by_first_use(normal_faces, normals)
     try:
         scene = MeshScene(positions, faces, uvs=uvs, uv_faces=uv_faces, vertex_colors=colors, material=material,
-                          name=path.stem if name is None else name)
+                          name=path.stem if name is None else name, normals=normals, normal_faces=normal_faces)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     report = mesh_report(scene)
@@ -120,6 +126,26 @@ def load_mesh(path, *, name: str | None = None) -> MeshScene:
         warnings.warn(f"{path}: {report.non_manifold_edges} non-manifold edges (shared by more than 2 faces); "
                       "kept as they are", MeshWarning, stacklevel=2)
     return scene
+
+
+def _face_varying(split_faces: np.ndarray, values: np.ndarray | None):
+    """``(index_faces [F, 3], unique float32 values)`` of per-split-vertex ``values``, deduplicated by value."""
+    if values is None:
+        return None, None
+    v32 = np.asarray(values, np.float32)
+    keep, inverse = _unique_rows(v32)
+    return inverse[split_faces], v32[keep]
+
+
+def _by_first_use(index_faces: np.ndarray | None, values: np.ndarray | None):
+    """Drop the values no face uses and order the rest by first use in ``index_faces``."""
+    if index_faces is None:
+        return None, None
+    ids, first = np.unique(index_faces.reshape(-1), return_index=True)
+    order = ids[np.argsort(first)]
+    remap = np.zeros(len(values), np.int64)
+    remap[order] = np.arange(len(order))
+    return remap[index_faces], values[order]
 
 
 def _read_trimesh(path: Path) -> list:
@@ -140,14 +166,17 @@ def _read_trimesh(path: Path) -> list:
     return meshes
 
 
-def _part(path: Path, geom, transform: np.ndarray | None, mtl: dict | None) -> dict:
+def _part(path: Path, geom, transform: np.ndarray | None, mtl: dict | None, stores_normals: bool) -> dict:
     """One trimesh geometry (placed by its scene ``transform [4, 4]``) as plain arrays: positions, faces, trimesh
-    uvs, linear vertex colors, material."""
+    uvs, linear vertex colors, the file's normals (or None), material."""
     pos = np.asarray(geom.vertices, np.float64)
     faces = np.asarray(geom.faces, np.int64)
+    normals = _stored_normals(geom, len(pos)) if stores_normals else None
     if transform is not None:
         transform = np.asarray(transform, np.float64)
         pos = pos @ transform[:3, :3].T + transform[:3, 3]
+        if normals is not None and not np.array_equal(transform[:3, :3], np.eye(3)):
+            normals = normals @ np.linalg.inv(transform[:3, :3])  # n' = M^-T n (rows: n @ M^-1); MeshScene renormalizes
         if np.linalg.det(transform[:3, :3]) < 0:  # a mirroring transform flips the winding: flip it back
             faces = faces[:, ::-1].copy()
     if faces.size and (faces.min() < 0 or faces.max() >= len(pos)):
@@ -175,17 +204,52 @@ def _part(path: Path, geom, transform: np.ndarray | None, mtl: dict | None) -> d
     else:
         material = _trimesh_material(tm_mat, path)
     return {"pos": pos, "faces": faces, "uv": None if uv is None else np.asarray(uv, np.float64),
-            "colors": colors, "material": material}
+            "colors": colors, "normals": normals, "material": material}
+
+
+def _stored_normals(geom, count: int) -> np.ndarray | None:
+    """``[count, 3]`` float64 normals trimesh read from the file, or None.
+
+    With ``process=False`` trimesh passes a file's normals to the constructor, which keeps them in the geometry's
+    cache; ``geom.vertex_normals`` would *compute* them when absent, so only the cache is consulted (``in``
+    verifies the cache against the current vertices and faces first). The caller also checks that the file
+    declares normals at all (:func:`_file_stores_normals`), so a trimesh that fills the cache on load could not
+    make recon invent normals either.
+    """
+    cache = geom._cache
+    if "vertex_normals" not in cache:
+        return None
+    normals = np.asarray(cache["vertex_normals"], np.float64)
+    return normals if normals.shape == (count, 3) else None
+
+
+def _file_stores_normals(path: Path) -> bool:
+    """Whether a glTF / PLY file declares vertex normals (a primitive's ``NORMAL``; a vertex property ``nx``)."""
+    if path.suffix.lower() in (".glb", ".gltf"):
+        try:
+            return any("NORMAL" in prim.get("attributes", {}) for mesh in (_gltf_json(path) or {}).get("meshes", [])
+                       for prim in mesh.get("primitives", []))
+        except (AttributeError, TypeError):  # malformed JSON structure: trimesh's parse reports it
+            return False
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    end = head.find(b"end_header")
+    return end >= 0 and re.search(rb"^property\s+\S+\s+nx\s*$", head[:end], re.MULTILINE) is not None
 
 
 def _merge_parts(path: Path, parts: list[dict]):
-    """One material, uv array and color array for all parts (recon meshes have a single material)."""
+    """One material, uv array, color array and normal array for all parts (recon meshes have one material)."""
+    normals = None
+    if all(p["normals"] is not None for p in parts):
+        normals = np.concatenate([p["normals"] for p in parts])
+    elif any(p["normals"] is not None for p in parts):
+        warnings.warn(f"{path}: only some parts have normals; normals dropped", MeshWarning, stacklevel=3)
     if len(parts) == 1:
         p = parts[0]
         uv = p["uv"] if p["uv"] is not None and len(p["uv"]) == len(p["pos"]) else None
         if uv is None and p["material"].base_color is not None:
             raise ValueError(f"{path}: the material has a texture but the mesh has no texture coordinates")
-        return p["material"], uv, p["colors"]
+        return p["material"], uv, p["colors"], normals
     textured = {_material_key(p["material"]) for p in parts if p["material"].base_color is not None}
     if len(textured) > 1:
         raise ValueError(f"{path}: {len(textured)} different textured materials; a recon mesh has one material "
@@ -210,7 +274,7 @@ def _merge_parts(path: Path, parts: list[dict]):
         colors = np.concatenate([p["colors"] for p in parts])
     elif any(p["colors"] is not None for p in parts):
         warnings.warn(f"{path}: only some parts have vertex colors; vertex colors dropped", MeshWarning, stacklevel=3)
-    return material, uv, colors
+    return material, uv, colors, normals
 
 
 def _material_key(m: MeshMaterial) -> tuple:
@@ -219,22 +283,23 @@ def _material_key(m: MeshMaterial) -> tuple:
     return (tex, m.base_color_factor, m.roughness_factor, m.metallic_factor)
 
 
-def _repair(path: Path, positions: np.ndarray, faces: np.ndarray, uv_faces: np.ndarray | None):
-    """Remove degenerate and duplicate faces, one warning per kind."""
+def _repair(path: Path, positions: np.ndarray, faces: np.ndarray, extra: tuple):
+    """Remove degenerate and duplicate faces (and the same rows of the ``extra`` face arrays, each ``[F, 3]`` or
+    None), one warning per kind. Returns ``(faces, extra)``."""
     degenerate = degenerate_face_mask(positions, faces)
     if degenerate.any():
         warnings.warn(f"{path}: removed {int(degenerate.sum())} degenerate faces (repeated vertex or zero area)",
                       MeshWarning, stacklevel=3)
         faces = faces[~degenerate]
-        uv_faces = None if uv_faces is None else uv_faces[~degenerate]
+        extra = tuple(None if x is None else x[~degenerate] for x in extra)
     _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
     if len(first) < len(faces):
         keep = np.sort(first)
         warnings.warn(f"{path}: removed {len(faces) - len(keep)} duplicate faces (same three vertices as an "
                       "earlier face)", MeshWarning, stacklevel=3)
         faces = faces[keep]
-        uv_faces = None if uv_faces is None else uv_faces[keep]
-    return faces, uv_faces
+        extra = tuple(None if x is None else x[keep] for x in extra)
+    return faces, extra
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +333,14 @@ def _trimesh_material(mat, path: Path) -> MeshMaterial:
         img = getattr(mat, "image", None)
         return MeshMaterial(base_color=None if img is None else _tensor(srgb_to_linear(_rgb(_pil_float(img)))))
     base = None if mat.baseColorTexture is None else srgb_to_linear(_rgb(_pil_float(mat.baseColorTexture)))
-    rm = None if mat.metallicRoughnessTexture is None else _rgb(_pil_float(mat.metallicRoughnessTexture))[..., 1:]
+    rm = None
+    if mat.metallicRoughnessTexture is not None:
+        rm = _pil_float(mat.metallicRoughnessTexture)
+        if rm.shape[-1] < 3:
+            raise ValueError(f"{path}: metallicRoughnessTexture has {rm.shape[-1]} channel(s) "
+                             f"({mat.metallicRoughnessTexture.mode} image); glTF reads roughness from G and metallic "
+                             "from B, so it needs an RGB or RGBA image")
+        rm = rm[..., 1:3]
     normal = None if mat.normalTexture is None else _rgb(_pil_float(mat.normalTexture)) * 2.0 - 1.0
     factor = (1.0, 1.0, 1.0, 1.0) if mat.baseColorFactor is None else tuple(np.asarray(mat.baseColorFactor) / 255)
     rough = 1.0 if mat.roughnessFactor is None else float(mat.roughnessFactor)
@@ -284,14 +356,20 @@ def _trimesh_material(mat, path: Path) -> MeshMaterial:
 
 def _gltf_single_material(path: Path) -> dict | None:
     """``pbrMetallicRoughness`` of a glTF file's only material, or None (several materials, or unreadable)."""
+    materials = (_gltf_json(path) or {}).get("materials", [])
+    return materials[0].get("pbrMetallicRoughness", {}) if len(materials) == 1 else None
+
+
+def _gltf_json(path: Path) -> dict | None:
+    """The JSON of a ``.gltf`` / ``.glb`` file (the GLB's first chunk), or None when unreadable."""
     try:
         raw = path.read_bytes()
         if path.suffix.lower() == ".glb":
             raw = raw[20:20 + struct.unpack_from("<I", raw, 12)[0]]
-        materials = json.loads(raw).get("materials", [])
+        gltf = json.loads(raw)
     except (OSError, ValueError, struct.error):
         return None
-    return materials[0].get("pbrMetallicRoughness", {}) if len(materials) == 1 else None
+    return gltf if isinstance(gltf, dict) else None
 
 
 def _obj_material(m: dict) -> MeshMaterial:
@@ -336,40 +414,37 @@ def _tensor(arr) -> torch.Tensor | None:
 
 def _check_obj(path: Path) -> dict:
     """Check the raw face indices and the MTL files of an OBJ. Returns ``{"materials": {name: statements},
-    "colors": (positions [n, 3], linear colors [n, 3]) of ``v x y z r g b`` lines, or None}``."""
+    "colors": (positions [n, 3], linear colors [n, 3]) of ``v x y z r g b`` lines, or None, "normals": whether a
+    face names a ``vn``}``."""
     text = path.read_bytes().decode("utf-8", errors="replace")
-    nv = nvt = max_v = max_vt = 0
+    counts, largest = [0, 0, 0], [0, 0, 0]  # v, vt, vn: defined so far, largest 1-based reference
+    kinds = ("vertex", "texture coordinate", "normal")
     mtllibs, colored = [], []
     for line_no, line in enumerate(text.splitlines(), 1):
         tok = line.split()
         if not tok:
             continue
-        if tok[0] == "v":
-            nv += 1
-            if len(tok) >= 7:
+        if tok[0] in ("v", "vt", "vn"):
+            counts[("v", "vt", "vn").index(tok[0])] += 1
+            if tok[0] == "v" and len(tok) >= 7:
                 colored.append(tok[1:7])
-        elif tok[0] == "vt":
-            nvt += 1
         elif tok[0] == "f":
             try:
-                refs = [[int(x) if x else None for x in t.split("/")[:2]] for t in tok[1:]]
+                refs = [[int(x) if x else None for x in t.split("/")[:3]] for t in tok[1:]]
             except ValueError:
                 raise ValueError(f"{path}:{line_no}: malformed face line {line.strip()!r}") from None
-            for k, (count, what) in enumerate(((nv, "vertex"), (nvt, "texture coordinate"))):
+            for k, (count, what) in enumerate(zip(counts, kinds)):
                 for ref in (r[k] for r in refs if len(r) > k and r[k] is not None):
                     if ref == 0 or count + ref < 0:
                         raise ValueError(f"{path}:{line_no}: face references {what} {ref}, out of range "
                                          f"(1-based; {count} defined so far)")
-                    if k == 0:
-                        max_v = max(max_v, ref)
-                    else:
-                        max_vt = max(max_vt, ref)
+                    largest[k] = max(largest[k], ref, 1)
         elif tok[0] == "mtllib":
             mtllibs.append(line.strip()[6:].strip())
-    if max_v > nv or max_vt > nvt:
-        what, ref, count = ("vertex", max_v, nv) if max_v > nv else ("texture coordinate", max_vt, nvt)
-        raise ValueError(f"{path}: face indices out of range: a face references {what} {ref} but the file "
-                         f"defines {count}")
+    for ref, count, what in zip(largest, counts, kinds):
+        if ref > count:
+            raise ValueError(f"{path}: face indices out of range: a face references {what} {ref} but the file "
+                             f"defines {count}")
     materials: dict[str, dict] = {}
     for lib in mtllibs:
         candidates = [lib] if (path.parent / lib).is_file() else lib.split()
@@ -379,13 +454,13 @@ def _check_obj(path: Path) -> dict:
                 raise ValueError(f"{path}: mtllib {name!r} not found (looked for {mtl_path})")
             materials.update(_parse_mtl(mtl_path))
     colors = None
-    if colored and len(colored) == nv:
+    if colored and len(colored) == counts[0]:
         try:
             raw = np.array(colored, dtype=np.float64)
             colors = (raw[:, :3].astype(np.float32), srgb_to_linear(np.clip(raw[:, 3:], 0, 1)).astype(np.float32))
         except ValueError:
             colors = None  # unparseable numbers: trimesh's own reading decides
-    return {"materials": materials, "colors": colors}
+    return {"materials": materials, "colors": colors, "normals": largest[2] > 0}
 
 
 def _parse_mtl(mtl_path: Path) -> dict[str, dict]:
@@ -433,29 +508,56 @@ def _map_file(tokens: list[str]) -> str:
 # =============================================================================================== saving
 
 def split_at_uv_seams(faces: np.ndarray, uv_faces: np.ndarray | None):
-    """The per-vertex layout OBJ and GLB need: one written vertex per distinct (vertex, uv) corner pair.
+    """The per-vertex layout OBJ and GLB need for a mesh without normals: one written vertex per distinct
+    (vertex, uv) corner pair (:func:`split_at_seams` without ``normal_faces``).
 
     Args: ``faces [F, 3]``, ``uv_faces [F, 3]`` or None (then the written vertices are the used vertices).
     Returns ``(vertex_index [N], uv_index [N] or None, tri [F, 3])`` (int64 numpy): written vertex ``i`` is
     vertex ``vertex_index[i]`` with uv ``uv_index[i]``; ``tri`` indexes the written vertices. Ordered by vertex,
     then uv.
     """
+    vi, ui, _, tri = split_at_seams(faces, uv_faces)
+    return vi, ui, tri
+
+
+def split_at_seams(faces: np.ndarray, uv_faces: np.ndarray | None = None, normal_faces: np.ndarray | None = None):
+    """The per-vertex layout OBJ and GLB need: one written vertex per distinct (vertex, uv, normal) corner.
+
+    Args: ``faces [F, 3]``; ``uv_faces [F, 3]`` and ``normal_faces [F, 3]``, each or both None (then the
+    written vertices are the used vertices). Returns ``(vertex_index [N], uv_index [N] or None,
+    normal_index [N] or None, tri [F, 3])`` (int64 numpy): written vertex ``i`` is vertex ``vertex_index[i]``
+    with uv ``uv_index[i]`` and normal ``normal_index[i]``; ``tri`` indexes the written vertices. Ordered by
+    vertex, then uv, then normal.
+    """
     faces = np.asarray(faces, np.int64)
-    if uv_faces is None:
-        used, tri = np.unique(faces, return_inverse=True)
-        return used, None, tri.reshape(faces.shape)
-    uv_faces = np.asarray(uv_faces, np.int64)
-    stride = int(uv_faces.max()) + 1 if uv_faces.size else 1
-    pairs, tri = np.unique(faces * stride + uv_faces, return_inverse=True)
-    return pairs // stride, pairs % stride, tri.reshape(faces.shape)
+    columns = [faces] + [np.asarray(x, np.int64) for x in (uv_faces, normal_faces) if x is not None]
+    strides = [int(c.max()) + 1 if c.size else 1 for c in columns]
+    if int(np.prod(np.array(strides, dtype=np.float64))) < 2**62:  # one int64 key per corner: a fast 1-D unique
+        key = columns[0]
+        for c, s in zip(columns[1:], strides[1:]):
+            key = key * s + c
+        keys, tri = np.unique(key, return_inverse=True)
+        rows = []
+        for s in reversed(strides[1:]):
+            rows.append(keys % s)
+            keys = keys // s
+        rows = np.stack([keys, *reversed(rows)], 1)
+    else:
+        rows, tri = np.unique(np.stack([c.reshape(-1) for c in columns], 1), axis=0, return_inverse=True)
+    rest = iter(rows.T[1:])
+    ui = next(rest) if uv_faces is not None else None
+    ni = next(rest) if normal_faces is not None else None
+    return rows[:, 0], ui, ni, tri.reshape(faces.shape)
 
 
 def export_vertex_count(scene: MeshScene, fmt: str = "obj") -> int:
-    """How many vertices :func:`save_mesh` writes for ``fmt`` (and trimesh reads back with ``process=False``)."""
+    """How many vertices :func:`save_mesh` writes for ``fmt`` (and trimesh reads back with ``process=False``):
+    the used vertices for PLY, one per distinct (vertex, uv, normal) corner for OBJ and GLB."""
     faces = scene.faces.cpu().numpy()
-    if _check_fmt(fmt) == "ply" or scene.uv_faces is None:
+    if _check_fmt(fmt) == "ply":
         return len(np.unique(faces))
-    return len(split_at_uv_seams(faces, scene.uv_faces.cpu().numpy())[0])
+    extra = (None if t is None else t.cpu().numpy() for t in (scene.uv_faces, scene.normal_faces))
+    return len(split_at_seams(faces, *extra)[0])
 
 
 def save_mesh(scene: MeshScene, path, fmt: str | None = None) -> Path:
@@ -488,7 +590,7 @@ def _check_fmt(fmt: str) -> str:
 
 
 def _save_obj(a: dict, path: Path) -> None:
-    vi, ui, tri = split_at_uv_seams(a["faces"], a.get("uv_faces"))
+    vi, ui, ni, tri = split_at_seams(a["faces"], a.get("uv_faces"), a.get("normal_faces"))
     factor = a["base_color_factor"]
     stem, mtl_lines = path.stem, [f"newmtl {a['name']}"]
     maps = {}
@@ -522,15 +624,21 @@ def _save_obj(a: dict, path: Path) -> None:
     if ui is not None:
         uv = a["uvs"][ui].astype(np.float64)
         np.savetxt(buf, np.stack([uv[:, 0], 1.0 - uv[:, 1]], 1), fmt="vt %.17g %.17g")  # OBJ's v is up
+    if ni is not None:
+        np.savetxt(buf, a["normals"][ni].astype(np.float64), fmt="vn %.9g %.9g %.9g")
     buf.write(f"usemtl {a['name']}\n".encode())
-    fmt_f = "f %d/%d %d/%d %d/%d" if ui is not None else "f %d %d %d"
-    np.savetxt(buf, np.repeat(tri + 1, 2 if ui is not None else 1, axis=1), fmt=fmt_f)
+    corner = {(False, False): "%d", (True, False): "%d/%d", (False, True): "%d//%d", (True, True): "%d/%d/%d"}
+    corner = corner[(ui is not None, ni is not None)]
+    np.savetxt(buf, np.repeat(tri + 1, corner.count("%"), axis=1), fmt=f"f {corner} {corner} {corner}")
     atomic_write_bytes(path, buf.getvalue())  # last, so a reader never sees an OBJ without its MTL
 
 
 def _save_ply(a: dict, path: Path) -> None:
     import trimesh
 
+    if "normals" in a:
+        warnings.warn(f"{path}: PLY stores no face-varying normals; the shading normals are not written",
+                      MeshWarning, stacklevel=3)
     used, tri = np.unique(a["faces"], return_inverse=True)
     factor = a["base_color_factor"][:3]
     colors = None
@@ -548,7 +656,7 @@ def _save_ply(a: dict, path: Path) -> None:
 
 
 def _save_glb(a: dict, path: Path) -> None:
-    vi, ui, tri = split_at_uv_seams(a["faces"], a.get("uv_faces"))
+    vi, ui, ni, tri = split_at_seams(a["faces"], a.get("uv_faces"), a.get("normal_faces"))
     pbr = {"baseColorFactor": [float(x) for x in a["base_color_factor"]],
            "roughnessFactor": float(a["roughness_factor"]), "metallicFactor": float(a["metallic_factor"])}
     images = []
@@ -564,6 +672,8 @@ def _save_glb(a: dict, path: Path) -> None:
         material["normalTexture"] = {"index": len(images)}
         images.append(_png(_unorm8((a["normal_map"] + 1.0) / 2.0)))
     attributes = {"POSITION": a["vertices"][vi]}
+    if ni is not None:
+        attributes["NORMAL"] = a["normals"][ni]  # unit length (MeshScene renormalizes), as glTF requires
     if ui is not None:
         attributes["TEXCOORD_0"] = a["uvs"][ui]  # recon's uv convention is glTF's: no flip
     if "vertex_colors" in a:

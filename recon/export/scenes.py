@@ -10,6 +10,7 @@ from recon.scenes.mesh import MeshScene
 
 FORMATS = ("ply",)
 MESH_FORMATS = ("obj", "ply", "glb")
+LIGHT_FORMATS = ("hdr", "exr")
 
 
 def scene_to_ply(scene: GaussianScene) -> GaussianPly:
@@ -28,7 +29,22 @@ def scene_from_ply(ply: GaussianPly) -> GaussianScene:
 
 
 def export_scene(scene, fmt: str, path: Path) -> Path:
-    """Write ``scene`` as ``fmt`` to ``path`` atomically (a MeshScene as obj / ply / glb, see ``mesh_io``)."""
+    """Write ``scene`` as ``fmt`` to ``path`` atomically (a MeshScene as obj / ply / glb, see ``mesh_io``; a
+    LitScene's geometry likewise, and its light as ``hdr`` / ``exr``: the equirectangular linear map with any
+    rotation baked in, in the dataset's world frame)."""
+    from recon.scenes.lit import LitScene
+
+    if isinstance(scene, LitScene):
+        if fmt in LIGHT_FORMATS:
+            from recon.data.io import write_exr, write_hdr
+
+            path = Path(path)
+            (write_hdr if fmt == "hdr" else write_exr)(path, scene.light.baked().detach().cpu().numpy())
+            return path
+        scene = scene.geometry
+    elif fmt in LIGHT_FORMATS:
+        raise ValueError(f"export format {fmt!r} writes a light; this {type(scene).__name__} has none "
+                         "(export a run of a PBR method such as mesh-pbr)")
     if isinstance(scene, MeshScene):
         if fmt not in MESH_FORMATS:
             raise ValueError(f"export format must be one of {list(MESH_FORMATS)} for a mesh scene, got {fmt!r}")

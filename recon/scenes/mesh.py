@@ -4,6 +4,8 @@ Conventions (``docs/mesh.md``): ``faces [F, 3]`` index *unique* positions, so th
 surface is (regularizers, antialiasing and the edge statistics below rely on it); texture coordinates are
 face-varying, ``uvs [T, 2]`` indexed by ``uv_faces [F, 3]``, so UV seams live only in ``uv_faces``. ``uv (0, 0)`` is
 the top-left of a texture as stored in memory, ``v`` goes down (glTF's convention). Colors are linear RGB.
+Optional shading normals are face-varying the same way, ``normals [Nn, 3]`` indexed by ``normal_faces [F, 3]``,
+so creases live only in ``normal_faces``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ KIND = "mesh"
 VERSION = 1
 
 _TEXTURES = {"base_color": 3, "roughness_metallic": 2, "normal_map": 3}  # name -> channels
+_MIN_NORMAL_LENGTH = 1e-12  # shorter shading normals have no direction (float32 underflow territory)
 
 
 @dataclass(frozen=True)
@@ -55,16 +58,24 @@ class MeshScene(nn.Module):
     ``vertex_colors [V, 3]`` (linear RGB, the color source of an untextured mesh; a Parameter so a trainer may
     optimize it, or freeze it by leaving it out of its optimizer; exporters drop it beside a texture), ``base_color [Ht, Wt, 3]``, ``roughness_metallic [Hr, Wr, 2]``, ``normal_map [Hn, Wn, 3]``
     (see :class:`MeshMaterial`). Buffers: ``faces [F, 3]`` int64, ``uvs [T, 2]`` float32 + ``uv_faces [F, 3]``
-    int64 (both or neither), and the material factors ``base_color_factor [4]``, ``roughness_factor []``,
+    int64 (both or neither), ``normals [Nn, 3]`` float32 + ``normal_faces [F, 3]`` int64 (both or neither), and
+    the material factors ``base_color_factor [4]``, ``roughness_factor []``,
     ``metallic_factor []`` (float32; not optimized: bake them into a texture to optimize them). Absent fields are
     None. Textures require UVs.
+
+    **Shading normals.** ``normals`` are face-varying unit shading normals (e.g. a file's glTF ``NORMAL`` / OBJ
+    ``vn``: the normals an asset was authored or rendered with); corner ``k`` of face ``f`` has normal
+    ``normals[normal_faces[f, k]]``. They are renormalized to unit length on construction (a zero-length row is a
+    ``ValueError``). When present, the renderer interpolates them instead of computing area-weighted vertex normals
+    from ``vertices``. They are *not* updated when ``vertices`` change: a trainer that optimizes ``vertices`` must
+    drop them (:meth:`without_normals`, or set ``scene.normals = scene.normal_faces = None`` in place).
 
     Inputs may be tensors or numpy arrays of any float (vertices, uvs, colors, textures) or integer (faces)
     dtype; they are copied to float32 / int64. Raises ``ValueError`` naming the field (see :meth:`validate`).
     """
 
     def __init__(self, vertices, faces, *, uvs=None, uv_faces=None, vertex_colors=None,
-                 material: MeshMaterial | None = None, name: str = "mesh"):
+                 material: MeshMaterial | None = None, name: str = "mesh", normals=None, normal_faces=None):
         super().__init__()
         material = material or MeshMaterial()
         self.name = str(name)
@@ -72,6 +83,9 @@ class MeshScene(nn.Module):
         self.register_buffer("faces", _index_tensor("faces", faces))
         self.register_buffer("uvs", None if uvs is None else _float_tensor("uvs", uvs))
         self.register_buffer("uv_faces", None if uv_faces is None else _index_tensor("uv_faces", uv_faces))
+        self.register_buffer("normals", None if normals is None else _unit_rows(_float_tensor("normals", normals)))
+        self.register_buffer("normal_faces", None if normal_faces is None else
+                             _index_tensor("normal_faces", normal_faces))
         self._set_param("vertex_colors", vertex_colors)
         for key in _TEXTURES:
             self._set_param(key, getattr(material, key))
@@ -104,6 +118,7 @@ class MeshScene(nn.Module):
             if self.uv_faces.shape[0] != f.shape[0]:
                 raise ValueError(f"MeshScene.uv_faces must have shape [F={f.shape[0]}, 3] like faces, "
                                  f"got {tuple(self.uv_faces.shape)}")
+        self._validate_normals()
         if self.vertex_colors is not None:
             c = self.vertex_colors
             _check_shape("vertex_colors", c, f"[V={n}, 3]", tuple(c.shape) == (n, 3))
@@ -129,6 +144,28 @@ class MeshScene(nn.Module):
         if not isinstance(self.name, str):
             raise TypeError(f"MeshScene.name must be a str, got {type(self.name).__name__}")
 
+    def _validate_normals(self) -> None:
+        nrm, f = self.normals, self.faces
+        if (nrm is None) != (self.normal_faces is None):
+            raise ValueError("MeshScene.normals and MeshScene.normal_faces must be given together (face-varying "
+                             f"normals), got normals={_shape(nrm)}, normal_faces={_shape(self.normal_faces)}")
+        if nrm is None:
+            return
+        _check_shape("normals", nrm, "[Nn, 3]", nrm.ndim == 2 and nrm.shape[1] == 3)
+        _check_float("normals", nrm)
+        length = torch.linalg.vector_norm(nrm.detach(), dim=1)
+        zero = length < _MIN_NORMAL_LENGTH
+        if zero.any():
+            raise ValueError(f"MeshScene.normals has {int(zero.sum())} zero-length rows (first: row "
+                             f"{int(zero.nonzero()[0, 0])}); shading normals must be nonzero")
+        if length.numel() and float((length - 1).abs().max()) > 1e-4:
+            raise ValueError(f"MeshScene.normals must be unit length, got lengths in [{float(length.min()):.6g}, "
+                             f"{float(length.max()):.6g}] (hint: normalize them; the constructor does)")
+        _check_indices("normal_faces", self.normal_faces, nrm.shape[0], "Nn")
+        if self.normal_faces.shape[0] != f.shape[0]:
+            raise ValueError(f"MeshScene.normal_faces must have shape [F={f.shape[0]}, 3] like faces, "
+                             f"got {tuple(self.normal_faces.shape)}")
+
     # --- queries ---------------------------------------------------------------------------------------
     @property
     def num_vertices(self) -> int:
@@ -137,6 +174,11 @@ class MeshScene(nn.Module):
     @property
     def num_faces(self) -> int:
         return self.faces.shape[0]
+
+    @property
+    def has_normals(self) -> bool:
+        """True when face-varying shading normals are present."""
+        return self.normals is not None
 
     @property
     def has_texture(self) -> bool:
@@ -185,14 +227,22 @@ class MeshScene(nn.Module):
         """A new scene with detached copies of every tensor (same device)."""
         return type(self).from_state({"header": self.header(), "tensors": self._tensors(lambda t: t.detach().clone())})
 
+    def without_normals(self) -> MeshScene:
+        """A detached copy (like :meth:`detach_copy`) without shading normals: what a trainer that optimizes
+        ``vertices`` should start from, since stored normals go stale when the vertices move."""
+        tensors = self._tensors(lambda t: t.detach().clone())
+        tensors.pop("normals", None)
+        tensors.pop("normal_faces", None)
+        return type(self).from_state({"header": self.header(), "tensors": tensors})
+
     # --- persistence (tensors + JSON header; loads with torch.load(weights_only=True)) --------------------
     def header(self) -> str:
         return json.dumps({"kind": KIND, "version": VERSION, "name": self.name, "num_vertices": self.num_vertices,
                            "num_faces": self.num_faces})
 
     def _tensors(self, fn) -> dict[str, Tensor]:
-        names = ("vertices", "faces", "uvs", "uv_faces", "vertex_colors", *_TEXTURES, "base_color_factor",
-                 "roughness_factor", "metallic_factor")
+        names = ("vertices", "faces", "uvs", "uv_faces", "normals", "normal_faces", "vertex_colors", *_TEXTURES,
+                 "base_color_factor", "roughness_factor", "metallic_factor")
         return {n: fn(getattr(self, n)) for n in names if getattr(self, n) is not None}
 
     def to_state(self) -> dict:
@@ -201,7 +251,8 @@ class MeshScene(nn.Module):
 
     @classmethod
     def from_state(cls, state: dict, source: str = "<state>") -> MeshScene:
-        """Inverse of :meth:`to_state` (the scene lands on the device of the stored ``vertices``).
+        """Inverse of :meth:`to_state` (the scene lands on the device of the stored ``vertices``). States written
+        before shading normals existed (no ``normals`` / ``normal_faces`` tensors) load without them.
 
         Raises ``ValueError`` naming ``source`` for a state that is not a mesh scene or has invalid fields.
         """
@@ -225,7 +276,8 @@ class MeshScene(nn.Module):
                                 normal_map=g("normal_map"), **{k: _as_factor(v) for k, v in fac.items()})
         try:
             scene = cls(vertices, faces, uvs=g("uvs"), uv_faces=g("uv_faces"), vertex_colors=g("vertex_colors"),
-                        material=material, name=str(header.get("name", "mesh")))
+                        material=material, name=str(header.get("name", "mesh")), normals=g("normals"),
+                        normal_faces=g("normal_faces"))
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from err
         return scene.to(vertices.device)
@@ -326,6 +378,22 @@ def _index_tensor(name: str, value) -> Tensor:
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"MeshScene.{name} must be an integer tensor [F, 3], got dtype {t.dtype}")
     return t.to(torch.int64).clone().contiguous()
+
+
+def _unit_rows(t: Tensor) -> Tensor:
+    """Rows of ``[N, 3]`` scaled to unit length; rows shorter than ``_MIN_NORMAL_LENGTH`` (and any other shape)
+    are left as they are for :meth:`MeshScene.validate` to report.
+
+    Rows already unit to float32 rounding (``|length - 1| <= 2e-7``; a float32-rounded unit vector is within
+    ``sqrt(3) 2^-24 ~ 1.03e-7``) are kept bit for bit: renormalizing one can move it by an ulp, and a save / load
+    or state round trip must be exact.
+    """
+    if t.ndim != 2 or t.shape[1] != 3:
+        return t
+    t64 = t.double()  # float64 division: unit length to float32 rounding
+    length = torch.linalg.vector_norm(t64, dim=1, keepdim=True)
+    redo = (length >= _MIN_NORMAL_LENGTH) & ((length - 1).abs() > 2e-7)
+    return torch.where(redo, t64 / length.clamp_min(_MIN_NORMAL_LENGTH), t64).to(torch.float32).contiguous()
 
 
 def _as_factor(t):

@@ -197,7 +197,59 @@ class MeshTrainConfig(TrainConfigBase):
     optim: MeshOptimConfig = field(default_factory=MeshOptimConfig)
 
 
-METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig, "mesh": MeshTrainConfig}
+@dataclass
+class MeshPBRModelConfig(MeshModelConfig):
+    """The mesh-pbr scene: the mesh model plus the material textures and the learned environment light."""
+
+    texture_size: int = 512
+    """Edge of the square base-color and roughness-metallic textures of the material stage (pixels)."""
+    light_height: int = 32
+    """Rows of the learned equirectangular environment map (columns: 2x)."""
+    init_light: float = 1.0
+    """Initial constant radiance of the learned light (the base color starts from the stage-1 colors divided by
+    it; albedo and light are recovered up to a common scale, which evaluation aligns)."""
+    init_roughness: float = 0.6
+    """Initial roughness of every texel."""
+    init_metallic: float = 0.05
+    """Initial metallic of every texel."""
+
+
+@dataclass
+class MeshPBROptimConfig(MeshOptimConfig):
+    """Mesh optimization (as for `mesh`) plus the material and light of the PBR stage."""
+
+    lr_material: float = 1e-2
+    """Adam learning rate of the roughness-metallic texels."""
+    lr_light: float = 3e-2
+    """Adam learning rate of the light's log-radiance texels."""
+    lambda_albedo_smooth: float = 0.02
+    """Weight of the total variation of the base-color texture (nvdiffrec's kd smoothness, in texture space)."""
+    lambda_material_smooth: float = 0.05
+    """Weight of the total variation of the roughness-metallic texture."""
+    lambda_light_white: float = 0.01
+    """Weight of the neutral-white light prior: mean |L_c - mean_c L| / mean L over the map (nvdiffrec-mc);
+    color goes to the base color rather than being baked into the light."""
+    lambda_metallic: float = 0.01
+    """Weight of a prior pulling metallic towards 0 (dielectric), the common case the image alone cannot
+    separate from a tinted specular."""
+
+
+@dataclass
+class MeshPBRTrainConfig(MeshTrainConfig):
+    """Inverse rendering of a textured mesh: geometry, base color, roughness, metallic and the environment light
+    from photos under one unknown environment (split-sum shading while training)."""
+
+    max_steps: int = 2000
+    """Number of optimization steps (both stages)."""
+    relight_spp: int = 32
+    """Monte Carlo samples per pixel and strategy of the relit test views that the final evaluation scores
+    (datasets with a transforms_relight.json)."""
+    model: MeshPBRModelConfig = field(default_factory=MeshPBRModelConfig)
+    optim: MeshPBROptimConfig = field(default_factory=MeshPBROptimConfig)
+
+
+METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig, "mesh": MeshTrainConfig,
+                            "mesh-pbr": MeshPBRTrainConfig}
 
 # (field path, predicate, what is expected)
 _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
@@ -227,10 +279,16 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
     ("optim.views_per_step", lambda v: v >= 1, "an integer >= 1"),
     ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    ("relight_spp", lambda v: v >= 1, "an integer >= 1"),
+    ("model.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),
+    ("model.init_light", lambda v: v > 0, "a number > 0"),
+    ("model.init_roughness", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    ("model.init_metallic", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
 ] + [(f"optim.{n}", lambda v: v >= 0, "a number >= 0") for n in
      ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats",
       "lr_sdf", "lr_deform", "lr_color", "lr_vertices", "lr_texture", "lambda_mask", "lambda_sdf",
-      "lambda_laplacian", "lambda_normal")]
+      "lambda_laplacian", "lambda_normal", "lr_material", "lr_light", "lambda_albedo_smooth",
+      "lambda_material_smooth", "lambda_light_white", "lambda_metallic")]
 
 
 def _get(cfg, dotted: str):

@@ -15,6 +15,7 @@ stored.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -210,6 +211,11 @@ class MeshTrainer(Trainer):
     def _init_method(self, state: dict | None, source: str) -> None:
         self._last_faces = 0  # faces of the latest marching-tets mesh (for logs)
         if state is None:
+            o = self.cfg.optim
+            if 0 < o.geometry_steps and self.cfg.max_steps <= o.geometry_steps:
+                print(f"recon: warning: max_steps ({self.cfg.max_steps}) <= optim.geometry_steps ({o.geometry_steps}): "
+                      "the run ends in the iso-surface stage, so the textured refinement stage is skipped and "
+                      "the mesh keeps vertex colors", file=sys.stderr)
             self.stage = GEOMETRY if self.cfg.optim.geometry_steps > 0 else TEXTURE
             self.grid = initial_grid(self.cfg, self.data, self.mask).to(self.device)
             if self.stage == TEXTURE:
@@ -319,6 +325,14 @@ class MeshTrainer(Trainer):
         return export_scene(self.eval_scene().cpu(), "glb", self.run_dir / "exports" / "mesh.glb")
 
     # --- one step ----------------------------------------------------------------------------------------
+    def _render(self, arrays: MeshArrays, cams, settings: RenderSettings):
+        """Render the current mesh for the loss (method hook: mesh-pbr shades it)."""
+        return render_mesh_arrays(arrays, cams, settings, shading="unlit")
+
+    def _texture_regularizers(self) -> torch.Tensor:
+        """Extra loss terms of the refinement stage (method hook)."""
+        return torch.zeros((), device=self.device)
+
     def train_step(self) -> dict:
         cfg, o = self.cfg, self.cfg.optim
         if self.stage == GEOMETRY and self.step >= o.geometry_steps:
@@ -334,7 +348,7 @@ class MeshTrainer(Trainer):
         if len(arrays.faces) == 0:
             raise TrainingError(f"the iso-surface became empty at step {self.step}; lower optim.lr_sdf or check "
                                 "the masks / model.init")
-        out = render_mesh_arrays(arrays, cams, replace(self.settings, background=bg), shading="unlit")
+        out = self._render(arrays, cams, replace(self.settings, background=bg))
         pred = out.rgb
         if self.mask:
             gt = fill_invalid(gt, pred, images)
@@ -352,6 +366,7 @@ class MeshTrainer(Trainer):
             cons = normal_consistency(arrays.vertices, self.faces, self.face_pairs)
             size = float((self.base_vertices.max(0).values - self.base_vertices.min(0).values).max())
             loss = loss + o.lambda_laplacian * lap / (size * size) * 1e4 + o.lambda_normal * cons
+            loss = loss + self._texture_regularizers()
         self._check_loss(loss)
         loss.backward()
         if self.stage != GEOMETRY:

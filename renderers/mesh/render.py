@@ -30,7 +30,9 @@ class MeshArrays:
 
     vertices ``[V, 3]`` world; faces ``[F, 3]`` int; uvs ``[T, 2]`` + uv_faces ``[F, 3]`` (docs/mesh.md
     convention); vertex_colors ``[V, 3]`` linear; base_color ``[Ht, Wt, 3]`` linear texture;
-    roughness_metallic ``[Ht, Wt, 2]``; color_factor ``[3]`` multiplies the base color.
+    roughness_metallic ``[Ht, Wt, 2]``; color_factor ``[3]`` multiplies the base color; roughness_factor and
+    metallic_factor (scalars) multiply the texture (glTF); normals ``[N, 3]`` + normal_faces ``[F, 3]``:
+    face-varying shading normals (e.g. a glTF ``NORMAL``), else area-weighted vertex normals are used.
     """
 
     vertices: Tensor
@@ -41,6 +43,10 @@ class MeshArrays:
     base_color: Tensor | None = None
     roughness_metallic: Tensor | None = None
     color_factor: Tensor | None = None
+    roughness_factor: Tensor | float = 1.0
+    metallic_factor: Tensor | float = 0.0
+    normals: Tensor | None = None
+    normal_faces: Tensor | None = None
 
 
 @dataclass
@@ -59,7 +65,9 @@ def mesh_arrays(scene: MeshScene) -> MeshArrays:
                       uv_faces=scene.uv_faces if has_uv else None, vertex_colors=scene.vertex_colors,
                       base_color=scene.base_color if has_uv else None,
                       roughness_metallic=scene.roughness_metallic if has_uv else None,
-                      color_factor=scene.base_color_factor[:3])
+                      color_factor=scene.base_color_factor[:3], roughness_factor=scene.roughness_factor,
+                      metallic_factor=scene.metallic_factor, normals=getattr(scene, "normals", None),
+                      normal_faces=getattr(scene, "normal_faces", None))
 
 
 def clip_planes(vertices: Tensor, cameras: Cameras) -> tuple[float, float]:
@@ -74,12 +82,14 @@ def clip_planes(vertices: Tensor, cameras: Cameras) -> tuple[float, float]:
 
 
 def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSettings,
-                       shading: str = "unlit") -> RenderOutput:
+                       shading: str = "unlit", light=None) -> RenderOutput:
     """Render ``mesh`` into every camera: rgb/alpha ``[C, H, W, *]``, depth and normal when
     ``settings.channels`` asks for them, the G-buffer (albedo; roughness and metallic with a roughness-metallic
     texture) and :class:`MeshAux`. Differentiable w.r.t. every tensor of ``mesh``.
 
-    ``shading`` is "unlit" or "headlight" (see :class:`~recon.renderers.interface.MeshSettings`).
+    ``shading`` is "unlit" or "headlight" (see :class:`~recon.renderers.interface.MeshSettings`), or "pbr":
+    deferred physically based shading of the G-buffer under ``light`` (an
+    :class:`~recon.shading.envmap.EnvLight`) with ``settings.shading``'s integrator.
     """
     from recon.renderers.mesh.antialias import antialias
     from recon.renderers.mesh.rasterize import interpolate, rasterize
@@ -113,9 +123,15 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
     depth = normal = face_normal = None
     if "depth" in channels:
         depth = interpolate(pos[..., 3:4].contiguous(), rast, faces, backend=be)[0] * cov_f
-    if "normal" in channels or shading == "headlight":
-        vn = vertex_normals(verts, faces)
-        normal = interpolate(vn, rast, faces, backend=be)[0]
+    pbr = shading == "pbr"
+    if pbr and light is None:
+        raise ValueError("mesh shading 'pbr' needs a light (render a recon.scenes.lit.LitScene)")
+    if "normal" in channels or shading == "headlight" or pbr:
+        if mesh.normals is not None and mesh.normal_faces is not None:
+            nf = mesh.normal_faces.to(device=device, dtype=torch.int32)
+            normal = interpolate(mesh.normals.to(verts), rast, nf, backend=be)[0]
+        else:
+            normal = interpolate(vertex_normals(verts, faces), rast, faces, backend=be)[0]
         normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-20) * cov_f
         f_long = faces.long()
         fn = torch.cross(verts[f_long[:, 1]] - verts[f_long[:, 0]], verts[f_long[:, 2]] - verts[f_long[:, 0]],
@@ -124,6 +140,7 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
         face_normal = fn[(rast[..., 3].long() - 1).clamp_min(0)] * cov_f
 
     gbuffer: dict[str, Tensor] = {}
+    rough = metal = None
     if textured:
         uv_faces = mesh.uv_faces.to(device=device, dtype=torch.int32)
         uv, uv_da = interpolate(mesh.uvs, rast, uv_faces, rast_db=rast_db, diff_attrs="all", backend=be)
@@ -131,7 +148,7 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
         color = texture(mesh.base_color, uv, uv_da, filter_mode=filt, boundary_mode="wrap", backend=be)
         if mesh.roughness_metallic is not None:
             rm = texture(mesh.roughness_metallic, uv, uv_da, filter_mode=filt, boundary_mode="wrap", backend=be)
-            gbuffer["roughness"], gbuffer["metallic"] = rm[..., :1] * cov_f, rm[..., 1:2] * cov_f
+            rough, metal = rm[..., :1], rm[..., 1:2]
     elif mesh.vertex_colors is not None:
         color = interpolate(mesh.vertex_colors, rast, faces, backend=be)[0]
     else:
@@ -139,14 +156,21 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
     if mesh.color_factor is not None:
         color = color * mesh.color_factor.to(color)
     gbuffer["albedo"] = color * cov_f
+    rough = torch.ones_like(cov_f) if rough is None else rough
+    metal = torch.ones_like(cov_f) if metal is None else metal
+    gbuffer["roughness"] = rough * _factor(mesh.roughness_factor, rough) * cov_f
+    gbuffer["metallic"] = metal * _factor(mesh.metallic_factor, metal) * cov_f
 
-    if shading == "headlight":
+    if pbr:
+        lin = _shade_pbr(mesh, rast, normal, face_normal, gbuffer, cams, settings, light)
+    elif shading == "headlight":
         world = interpolate(verts, rast, faces, backend=be)[0]
         view = world - cams.centers()[:, None, None, :]
         view = view / view.norm(dim=-1, keepdim=True).clamp_min(1e-20)
         lin = color * (0.2 + 0.8 * (normal * view).sum(-1, keepdim=True).abs())
     else:
         lin = color
+    # Linear radiance above 1 (highlights under HDR light) saturates like a display does.
     rgb = linear_to_srgb(lin.clamp(0.0, 1.0)) * cov_f + bg * (1.0 - cov_f)
     alpha = cov_f
     if ms.antialias:
@@ -154,6 +178,49 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
         rgb, alpha = blended[..., :3], blended[..., 3:]
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal, gbuffer=gbuffer,
                         aux=MeshAux(rast=rast, face_normal=face_normal))
+
+
+def _factor(value, like: Tensor) -> Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _shade_pbr(mesh: MeshArrays, rast, normal, face_normal, gbuffer, cams, settings, light) -> Tensor:
+    """Deferred PBR shading of the covered pixels: linear radiance ``[C, H, W, 3]`` (0 where empty).
+
+    The Monte Carlo integrator gets a :class:`~recon.renderers.mesh.material.MeshTracer` of ``mesh``: shadow
+    rays, and the material at secondary hits for ``settings.shading.indirect``.
+    """
+    from recon.renderers.mesh.rasterize import interpolate
+    from recon.shading.shade import GBuffer, shade
+
+    verts = mesh.vertices
+    faces = mesh.faces.to(device=verts.device, dtype=torch.int32)
+    C, H, W = rast.shape[:3]
+    flat = torch.nonzero(rast[..., 3].reshape(-1) > 0).squeeze(1)
+    world = interpolate(verts, rast, faces, backend=settings.backend)[0].reshape(-1, 3)[flat]
+    cam_of = flat // (H * W)
+    view = cams.centers().to(world)[cam_of] - world
+    view = view / view.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+
+    def pick(x: Tensor) -> Tensor:
+        return x.reshape(-1, x.shape[-1])[flat]
+
+    gb = GBuffer(position=world, normal=pick(normal), geo_normal=pick(face_normal).detach(), view=view,
+                 base_color=pick(gbuffer["albedo"]), roughness=pick(gbuffer["roughness"]),
+                 metallic=pick(gbuffer["metallic"]))
+    tracer = None
+    if settings.shading.integrator == "mc" and settings.shading.shadows:
+        from recon.renderers.mesh.material import MeshTracer
+
+        tex_backend = settings.backend if settings.backend in ("auto", "torch", "cpu", "nvdiffrast") else "auto"
+        tracer = MeshTracer(mesh, backend=_caster_backend(verts), texture_backend=tex_backend)
+    radiance = shade(gb, light, settings.shading, caster=tracer)
+    out = radiance.new_zeros(C * H * W, 3).index_copy(0, flat, radiance)
+    return out.reshape(C, H, W, 3)
+
+
+def _caster_backend(verts: Tensor) -> str:
+    return "auto" if verts.device.type == "cpu" else "torch"
 
 
 @register_renderer(MeshScene)

@@ -1,0 +1,77 @@
+"""Deferred shading: a G-buffer of covered pixels plus a light -> linear outgoing radiance.
+
+Every representation's renderer fills a :class:`GBuffer` (at pixel centers, only where the geometry covers the
+pixel) and calls :func:`shade`; the integrator is chosen by
+:class:`~recon.renderers.interface.ShadingSettings`. Colors are linear here; the sRGB encode happens once, in
+the renderer's output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["GBuffer", "shade", "to_light_frame"]
+
+
+@dataclass
+class GBuffer:
+    """Surface samples of ``P`` covered pixels, world space.
+
+    position ``[P, 3]``; normal ``[P, 3]`` unit shading normal; geo_normal ``[P, 3]`` unit geometric normal
+    (offsets shadow-ray origins off the surface); view ``[P, 3]`` unit direction from the surface to the camera;
+    base_color ``[P, 3]`` linear; roughness ``[P, 1]`` (glTF perceptual roughness, alpha = roughness^2);
+    metallic ``[P, 1]``.
+    """
+
+    position: Tensor
+    normal: Tensor
+    geo_normal: Tensor
+    view: Tensor
+    base_color: Tensor
+    roughness: Tensor
+    metallic: Tensor
+
+    def __len__(self) -> int:
+        return self.position.shape[0]
+
+
+def to_light_frame(light, dirs: Tensor) -> Tensor:
+    """World directions ``[..., 3]`` expressed in the frame of ``light``'s stored (unrotated) map: the inverse of
+    its rotation about +Z (a light rotated by +deg shows at ``R_z(deg) d`` what the stored map holds at ``d``)."""
+    deg = float(getattr(light, "rotation_deg", 0.0))
+    if deg == 0.0:
+        return dirs
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    x, y, z = dirs.unbind(-1)
+    return torch.stack([c * x + s * y, -s * x + c * y, z], -1)
+
+
+def shade(gb: GBuffer, light, settings, caster=None, splitsum_light=None) -> Tensor:
+    """Outgoing linear radiance ``[P, 3]`` towards the camera for every G-buffer sample.
+
+    Args:
+        gb: the covered pixels' surface samples.
+        light: an :class:`~recon.shading.envmap.EnvLight`.
+        settings: :class:`~recon.renderers.interface.ShadingSettings`.
+        caster: ``any_hit(origins, dirs, tmin, tmax)`` provider (a :class:`~recon.renderers.mesh.RayCaster`) for
+            shadow rays; required by the Monte Carlo integrator when ``settings.shadows``.
+        splitsum_light: a prebuilt :class:`~recon.shading.splitsum.SplitSumLight` of ``light`` (built here when
+            None; a trainer that shades several batches per step may reuse one).
+    """
+    if len(gb) == 0:
+        return gb.base_color.new_zeros(0, 3)
+    if settings.integrator == "splitsum":
+        from recon.shading.splitsum import SplitSumLight, shade_splitsum
+
+        sl = splitsum_light if splitsum_light is not None else SplitSumLight(light.radiance())
+        n, v = to_light_frame(light, gb.normal), to_light_frame(light, gb.view)
+        return shade_splitsum(n, v, gb.base_color, gb.roughness, gb.metallic, sl)
+    if settings.integrator == "mc":
+        from recon.shading.mc import shade_mc
+
+        return shade_mc(gb, light, settings, caster)
+    raise ValueError(f"ShadingSettings.integrator must be 'splitsum' or 'mc', got {settings.integrator!r}")
