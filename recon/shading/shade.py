@@ -50,6 +50,21 @@ def to_light_frame(light, dirs: Tensor) -> Tensor:
     return torch.stack([c * x + s * y, -s * x + c * y, z], -1)
 
 
+def _cached_splitsum(light, build):
+    """The split-sum light of ``light``: built anew while gradients flow to the light (training), otherwise
+    cached on the light and rebuilt only when its map changes (rendering many frames under one light)."""
+    param = light.log_radiance
+    if torch.is_grad_enabled() and param.requires_grad:
+        return build(light.radiance())
+    key = (param.data_ptr(), param._version, tuple(param.shape), param.device)
+    cached = getattr(light, "_splitsum_cache", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, build(light.radiance()))
+        light._splitsum_cache = cached
+    return cached[1]
+
+
 def shade(gb: GBuffer, light, settings, caster=None, splitsum_light=None) -> Tensor:
     """Outgoing linear radiance ``[P, 3]`` towards the camera for every G-buffer sample.
 
@@ -67,7 +82,7 @@ def shade(gb: GBuffer, light, settings, caster=None, splitsum_light=None) -> Ten
     if settings.integrator == "splitsum":
         from recon.shading.splitsum import SplitSumLight, shade_splitsum
 
-        sl = splitsum_light if splitsum_light is not None else SplitSumLight(light.radiance())
+        sl = splitsum_light if splitsum_light is not None else _cached_splitsum(light, SplitSumLight)
         n, v = to_light_frame(light, gb.normal), to_light_frame(light, gb.view)
         return shade_splitsum(n, v, gb.base_color, gb.roughness, gb.metallic, sl)
     if settings.integrator == "mc":
