@@ -15,14 +15,23 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from train import mesh_chamfer  # noqa: E402  (the shared chamfer measure of bench/train.py)
+
+def _bench_train():
+    """bench/train.py as a module (its launcher and chamfer measure are shared; bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recon_bench_train", REPO / "bench" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TRAIN = _bench_train()
+launch, mesh_chamfer = _TRAIN.launch, _TRAIN.mesh_chamfer
 
 # The issue's first bars (20 min and 4 GB on 2 CPU cores).
 TARGETS = {"albedo_psnr": (">=", 27.0), "roughness_mae": ("<=", 0.10), "normal_mae_deg": ("<=", 8.0),
@@ -40,20 +49,9 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
         shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "recon.cli", "train", method, "--data", str(data), "--output", str(run_dir),
            "--eval-every", str(eval_every), "--no-progress", *extra]
-    print("bench:", " ".join(cmd), flush=True)
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.time() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench: training {scene} failed (exit {os.waitstatus_to_exitcode(status)})")
-    summary = json.loads((run_dir / "eval.json").read_text())
+    summary, curve, wall, usage = launch(cmd, run_dir, scene)
     ir = summary.get("inverse_rendering") or {}
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [{"step": c["step"], "train_seconds": c["train_seconds"], "psnr": c["eval_psnr"]}
-             for c in curve if "eval_psnr" in c]
-    curve.append({"step": summary["step"], "train_seconds": summary["train_seconds"], "psnr": summary["psnr"],
-                  **{k: ir.get(k) for k in KEYS}})
+    curve[-1].update({k: ir.get(k) for k in KEYS})
     result = {"method": method, "scene": scene, "psnr": summary["psnr"], "ssim": summary["ssim"],
               **{k: ir.get(k) for k in KEYS}, "relight": ir.get("relight"), "num_faces": summary.get("num_faces"),
               "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),

@@ -47,16 +47,8 @@ def mesh_chamfer(run_dir: Path, gt_path: Path) -> dict:
     return {k: round(v, 6) for k, v in out.items()}
 
 
-def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: list[str]) -> dict:
-    data_root = Path(os.environ.get("RECON_TEST_DATA", REPO.parent / "shared" / "data"))
-    run_dir = out_root / f"{method}-{scene}"
-    if run_dir.exists():  # a benchmark always starts from scratch
-        shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "recon.cli", "train", "--config", str(REPO / "configs" / f"{method}-{scene}.yaml"),
-           "--output", str(run_dir), "--eval-every", str(eval_every), "--no-progress"]
-    if scene in SHARED:
-        cmd += ["--data", str(data_root / SHARED[scene])]
-    cmd += extra
+def launch(cmd: list[str], run_dir: Path, scene: str):
+    """Run a `recon train` command in its own process -> (eval summary, eval-PSNR curve, wall s, rusage)."""
     print("bench:", " ".join(cmd), flush=True)
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO)
@@ -69,6 +61,20 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
     curve = [{"step": c["step"], "train_seconds": c["train_seconds"], "psnr": c["eval_psnr"]}
              for c in curve if "eval_psnr" in c]
     curve.append({"step": summary["step"], "train_seconds": summary["train_seconds"], "psnr": summary["psnr"]})
+    return summary, curve, wall, usage
+
+
+def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: list[str]) -> dict:
+    data_root = Path(os.environ.get("RECON_TEST_DATA", REPO.parent / "shared" / "data"))
+    run_dir = out_root / f"{method}-{scene}"
+    if run_dir.exists():  # a benchmark always starts from scratch
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "recon.cli", "train", "--config", str(REPO / "configs" / f"{method}-{scene}.yaml"),
+           "--output", str(run_dir), "--eval-every", str(eval_every), "--no-progress"]
+    if scene in SHARED:
+        cmd += ["--data", str(data_root / SHARED[scene])]
+    cmd += extra
+    summary, curve, wall, usage = launch(cmd, run_dir, scene)
     size = {k: summary[k] for k in ("num_gaussians", "num_faces") if k in summary}
     result = {"method": method, "scene": scene, "psnr": summary["psnr"], "ssim": summary["ssim"], **size,
               "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),

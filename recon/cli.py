@@ -151,8 +151,6 @@ def _pop_option(args: list[str], name: str) -> str | None:
 
 
 def cmd_train(args: list[str]) -> int:
-    from recon.train.mesh import MeshTrainer
-    from recon.train.mesh_pbr import MeshPBRTrainer
     from recon.train.trainer import Trainer, default_run_dir
 
     method = "gaussians"
@@ -179,11 +177,10 @@ def cmd_train(args: list[str]) -> int:
     # Store an absolute dataset path so that eval/render/resume work from any directory.
     cfg = replace(cfg, data=resolve_data_path(cfg.data).resolve())
     run_dir = cfg.output or default_run_dir(method, cfg.data)
-    trainer_cls = {"mesh": MeshTrainer, "mesh-pbr": MeshPBRTrainer}.get(method, Trainer)
-    trainer = trainer_cls(cfg, run_dir, resume=resume is not None)
+    trainer = Trainer(cfg, run_dir, resume=resume is not None)
     summary = trainer.train()
     print(f"recon: {run_dir}: test PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}, "
-          f"{describe_scene(trainer.eval_scene())}, {summary['train_seconds']:.0f} s training")
+          f"{describe_scene(trainer.scene)}, {summary['train_seconds']:.0f} s training")
     print(f"recon: exported {summary['export']}")
     return 0
 

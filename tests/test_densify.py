@@ -7,7 +7,7 @@ import torch
 from recon.scenes.gaussians import GaussianScene
 from recon.train.config import DensifyConfig, GaussianTrainConfig
 from recon.train.densify import DensifyStrategy
-from recon.train.trainer import build_optimizer
+from recon.train.gaussians import build_optimizer
 
 
 def _scene(n=6, scale=0.001):

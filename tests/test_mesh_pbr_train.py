@@ -130,25 +130,25 @@ def test_mesh_pbr_resume_matches_uninterrupted_across_the_stage_boundary(pbr_run
     """Resume from the last iso-surface checkpoint (step 20) through the stage change, checkpoint in the material
     stage (step 30), resume again (light and material from the checkpoint), and reach the uninterrupted run's
     step-40 state (discrete state identical, floats up to summation order)."""
-    from recon.train.mesh_pbr import MeshPBRTrainer
+    from recon.train.trainer import Trainer
 
     run = tmp_path / "run"
     shutil.copytree(pbr_run / "checkpoints", run / "checkpoints")
     (run / "checkpoints" / "step-0000040.pt").unlink()
     cfg = _config(pbr_run)
-    first = MeshPBRTrainer(cfg, run, resume=True)
-    assert first.step == 20 and first.stage == "geometry"
+    first = Trainer(cfg, run, resume=True)
+    assert first.step == 20 and first.method.stage == "geometry"
     while first.step < 30:
         first.train_step()
-    assert first.stage == "texture"
+    assert first.method.stage == "texture"
     first.save()
     mid = load_checkpoint(run / "checkpoints" / "step-0000030.pt")
     assert tuple(mid["model"]["material"].shape) == (64, 64, 2)
     assert tuple(mid["model"]["light"]["tensors"]["log_radiance"].shape) == (8, 16, 3)
 
-    second = MeshPBRTrainer(cfg, run, resume=True)
+    second = Trainer(cfg, run, resume=True)
     assert second.step == 30
-    torch.testing.assert_close(second.light.log_radiance.detach(), first.light.log_radiance.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(second.method.light.log_radiance.detach(), first.method.light.log_radiance.detach(), rtol=0, atol=0)
     while second.step < 40:
         second.train_step()
     second.save()
@@ -171,8 +171,7 @@ def test_mesh_pbr_resume_matches_uninterrupted_across_the_stage_boundary(pbr_run
 
 
 def test_nan_in_the_light_stops_training_and_keeps_the_last_checkpoint(pbr_run, tmp_path):
-    from recon.train.mesh_pbr import MeshPBRTrainer
-    from recon.train.trainer import TrainingError
+    from recon.train.trainer import Trainer, TrainingError
 
     run = tmp_path / "run"
     shutil.copytree(pbr_run / "checkpoints", run / "checkpoints")
@@ -182,10 +181,10 @@ def test_nan_in_the_light_stops_training_and_keeps_the_last_checkpoint(pbr_run, 
 
     def poison(step, trainer):
         if step == 41:
-            trainer.light.log_radiance.data[0, 0, 0] = float("nan")
+            trainer.method.light.log_radiance.data[0, 0, 0] = float("nan")
 
     # The hook runs before the step-41 checkpoint: saving refuses the NaN parameter.
-    trainer = MeshPBRTrainer(cfg, run, resume=True, hooks=[poison])
+    trainer = Trainer(cfg, run, resume=True, hooks=[poison])
     with pytest.raises(TrainingError, match=r"parameter 'light' became NaN/Inf at step 41.*step-0000040\.pt"):
         trainer.train()
     # A NaN light makes the next loss NaN as well.

@@ -232,6 +232,12 @@ class MeshPBROptimConfig(MeshOptimConfig):
     lambda_metallic: float = 0.01
     """Weight of a prior pulling metallic towards 0 (dielectric), the common case the image alone cannot
     separate from a tinted specular."""
+    mc_steps: int = 0
+    """The last this-many steps shade with the Monte Carlo integrator (shadow rays through the mesh BVH) instead
+    of split-sum, so that self-shadowing is explained by the geometry rather than baked into the base color
+    (nvdiffrec-mc); evaluation then uses it too. 0: split-sum throughout."""
+    mc_spp: int = 4
+    """Monte Carlo samples per pixel and strategy in the mc_steps (a new sample pattern every step)."""
 
 
 @dataclass
@@ -280,6 +286,8 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.views_per_step", lambda v: v >= 1, "an integer >= 1"),
     ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("relight_spp", lambda v: v >= 1, "an integer >= 1"),
+    ("optim.mc_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.mc_spp", lambda v: v >= 1, "an integer >= 1"),
     ("model.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),
     ("model.init_light", lambda v: v > 0, "a number > 0"),
     ("model.init_roughness", lambda v: 0 < v <= 1, "a number in (0, 1]"),

@@ -30,7 +30,8 @@ from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
 from recon.scenes.mesh import MeshMaterial, MeshScene
 from recon.scenes.tetgrid import TetGrid
 from recon.train.init import _has_masks, look_at_center, sample_views
-from recon.train.trainer import Trainer, TrainingError
+from recon.train.method import Method
+from recon.train.trainer import TrainingError
 
 GEOMETRY, TEXTURE = "geometry", "texture"
 
@@ -197,18 +198,18 @@ def mesh_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return neighbors, pairs
 
 
-class MeshTrainer(Trainer):
-    """Two-stage textured mesh reconstruction (see the module docstring) on the shared :class:`Trainer` loop."""
+class MeshMethod(Method):
+    """Two-stage textured mesh reconstruction (``recon train mesh``; see the module docstring)."""
 
-    METHOD = "mesh"
-    METHOD_KEYS = frozenset({"stage", "model", "optimizer"})
+    name = "mesh"
+    state_keys = frozenset({"stage", "model", "optimizer"})
 
-    def _render_settings(self) -> RenderSettings:
+    def render_settings(self) -> RenderSettings:
         # Training and evaluation only compare colors; depth and normals would cost two more interpolations.
         return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, mesh=MeshSettings(shading="unlit"))
 
     # --- building ----------------------------------------------------------------------------------------
-    def _init_method(self, state: dict | None, source: str) -> None:
+    def setup(self, state: dict | None, source: str) -> None:
         self._last_faces = 0  # faces of the latest marching-tets mesh (for logs)
         if state is None:
             o = self.cfg.optim
@@ -248,7 +249,7 @@ class MeshTrainer(Trainer):
         resumed run gets the same rates)."""
         o = self.cfg.optim
         span = max(1, self.cfg.max_steps - o.geometry_steps)
-        progress = min(1.0, max(0.0, (self.step - o.geometry_steps) / span))
+        progress = min(1.0, max(0.0, (self.step_index - o.geometry_steps) / span))
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * o.lr_final_fraction ** progress
 
@@ -283,7 +284,7 @@ class MeshTrainer(Trainer):
             raise ValueError(f"{source}: mesh checkpoint lacks {err}") from err
 
     # --- state -------------------------------------------------------------------------------------------
-    def _method_state(self) -> dict:
+    def state(self) -> dict:
         if self.stage == GEOMETRY:
             model = self.grid.to_state()
         else:
@@ -293,12 +294,12 @@ class MeshTrainer(Trainer):
         return {"scene": self.eval_scene().to_state(), "stage": self.stage, "model": model,
                 "optimizer": self.optimizer.state_dict()}
 
-    def _parameters(self) -> dict[str, torch.Tensor]:
+    def parameters(self) -> dict[str, torch.Tensor]:
         if self.stage == GEOMETRY:
             return self.grid.param_groups()
         return {"offsets": self.offsets, "texture": self.texture}
 
-    def _size_stats(self) -> dict:
+    def size_stats(self) -> dict:
         if self.stage == GEOMETRY:
             return {"num_faces": int(self._last_faces)}
         return {"num_faces": len(self.faces)}
@@ -333,20 +334,19 @@ class MeshTrainer(Trainer):
         """Extra loss terms of the refinement stage (method hook)."""
         return torch.zeros((), device=self.device)
 
-    def train_step(self) -> dict:
+    def step(self) -> dict:
         cfg, o = self.cfg, self.cfg.optim
-        if self.stage == GEOMETRY and self.step >= o.geometry_steps:
+        if self.stage == GEOMETRY and self.step_index > o.geometry_steps:
             self._start_texture_stage()
             self._make_optimizer()
-        self.step += 1
-        idx = [self._next_index() for _ in range(min(o.views_per_step, len(self.data.train)))]
+        idx = [self.next_index() for _ in range(min(o.views_per_step, len(self.data.train)))]
         cams = self.train_cams[idx]
         bg = torch.rand(3, generator=self.generator).to(self.device) if cfg.random_background else self.eval_background
         images = self.train_images[idx]
         gt = composite(images, bg)
         arrays = self._arrays()
         if len(arrays.faces) == 0:
-            raise TrainingError(f"the iso-surface became empty at step {self.step}; lower optim.lr_sdf or check "
+            raise TrainingError(f"the iso-surface became empty at step {self.step_index}; lower optim.lr_sdf or check "
                                 "the masks / model.init")
         out = self._render(arrays, cams, replace(self.settings, background=bg))
         pred = out.rgb
@@ -367,14 +367,14 @@ class MeshTrainer(Trainer):
             size = float((self.base_vertices.max(0).values - self.base_vertices.min(0).values).max())
             loss = loss + o.lambda_laplacian * lap / (size * size) * 1e4 + o.lambda_normal * cons
             loss = loss + self._texture_regularizers()
-        self._check_loss(loss)
+        self.check_loss(loss)
         loss.backward()
         if self.stage != GEOMETRY:
             self._decay_lr()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.step % 50 == 0:
-            self._check_finite()
+        if self.step_index % 50 == 0:
+            self.check_finite()
         stats.update(loss=loss.item(), psnr=psnr(pred.detach().clamp(0, 1), gt).mean().item())
         return stats
 

@@ -17,6 +17,7 @@ and exports work on the run directly.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,9 +27,9 @@ from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
 from recon.scenes.lit import LitScene
 from recon.scenes.mesh import MeshMaterial, MeshScene
 from recon.shading.envmap import EnvLight
-from recon.train.mesh import GEOMETRY, MeshTrainer
+from recon.train.mesh import GEOMETRY, MeshMethod
 
-__all__ = ["MeshPBRTrainer", "light_white_prior", "total_variation"]
+__all__ = ["MeshPBRMethod", "light_white_prior", "total_variation"]
 
 
 def total_variation(tex: torch.Tensor) -> torch.Tensor:
@@ -42,14 +43,16 @@ def light_white_prior(radiance: torch.Tensor) -> torch.Tensor:
     return (radiance - gray).abs().mean() / gray.mean().clamp_min(1e-6)
 
 
-class MeshPBRTrainer(MeshTrainer):
-    """The mesh trainer's two stages, with a PBR material and a learned light in the second (module docstring)."""
+class MeshPBRMethod(MeshMethod):
+    """The mesh method's two stages, with a PBR material and a learned light in the second (module docstring)."""
 
-    METHOD = "mesh-pbr"
+    name = "mesh-pbr"
 
-    def _render_settings(self) -> RenderSettings:
-        return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend,
-                              shading=ShadingSettings(integrator="splitsum"))
+    def render_settings(self) -> RenderSettings:
+        # Evaluation shades like the end of training: Monte Carlo (16 spp) after mc_steps, else split-sum.
+        shading = (ShadingSettings(integrator="mc", spp=16) if self.cfg.optim.mc_steps > 0
+                   else ShadingSettings(integrator="splitsum"))
+        return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading)
 
     # --- material stage state ------------------------------------------------------------------------------
     def _start_texture_stage(self) -> None:
@@ -63,8 +66,8 @@ class MeshPBRTrainer(MeshTrainer):
         light = EnvLight.constant(m.init_light, height=m.light_height, learnable=True)
         self.light = light.to(self.device)
 
-    def _method_state(self) -> dict:
-        state = super()._method_state()
+    def state(self) -> dict:
+        state = super().state()
         if self.stage != GEOMETRY:
             state["model"]["material"] = self.material.detach().cpu()
             state["model"]["light"] = self.light.to_state()
@@ -87,8 +90,8 @@ class MeshPBRTrainer(MeshTrainer):
         for params, lr in (([self.material], o.lr_material), ([self.light.log_radiance], o.lr_light)):
             self.optimizer.add_param_group({"params": params, "lr": lr, "base_lr": lr})
 
-    def _parameters(self) -> dict[str, torch.Tensor]:
-        params = super()._parameters()
+    def parameters(self) -> dict[str, torch.Tensor]:
+        params = super().parameters()
         if self.stage != GEOMETRY:
             params.update(material=self.material, light=self.light.log_radiance)
         return params
@@ -105,7 +108,21 @@ class MeshPBRTrainer(MeshTrainer):
     def _render(self, arrays: MeshArrays, cams, settings: RenderSettings):
         if self.stage == GEOMETRY:
             return super()._render(arrays, cams, settings)
+        o = self.cfg.optim
+        if o.mc_steps > 0 and self.step_index > self.cfg.max_steps - o.mc_steps:
+            # A fresh, step-determined sample pattern each step: unbiased gradients, exact resume.
+            settings = replace(settings, shading=ShadingSettings(integrator="mc", spp=o.mc_spp, seed=self.step_index))
         return render_mesh_arrays(arrays, cams, settings, shading="pbr", light=self.light)
+
+    def step(self) -> dict:
+        stats = super().step()
+        if self.stage != GEOMETRY:
+            # Projected gradient steps: texels stay in the valid range (a clamp in the render alone would leave
+            # texels outside it without gradient, stuck).
+            with torch.no_grad():
+                self.texture.clamp_(0, 1)
+                self.material.clamp_(0, 1)
+        return stats
 
     def _texture_regularizers(self) -> torch.Tensor:
         o = self.cfg.optim
@@ -128,23 +145,18 @@ class MeshPBRTrainer(MeshTrainer):
         return LitScene(mesh, light)
 
     @torch.no_grad()
-    def evaluate(self, save_renders: bool) -> dict:
-        """The shared evaluation (novel views under the learned light) plus, at the end of a run on a dataset with
-        ground truth, the inverse-rendering metrics (:func:`recon.evaluate_pbr.evaluate_inverse_rendering`)."""
-        summary = super().evaluate(save_renders)
+    def evaluate_extra(self, summary: dict, final: bool) -> None:
+        """At the end of a run on a dataset with ground truth: the inverse-rendering metrics
+        (:func:`recon.evaluate_pbr.evaluate_inverse_rendering`) under ``summary["inverse_rendering"]``."""
         scene = self.eval_scene()
-        if save_renders and isinstance(scene, LitScene):
-            import json
+        if not final or not isinstance(scene, LitScene):
+            return
+        from recon.evaluate_pbr import evaluate_inverse_rendering
 
-            from recon.evaluate_pbr import evaluate_inverse_rendering
-            from recon.train.checkpoint import atomic_write_text
-
-            ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
-                                            spp=self.cfg.relight_spp, seed=self.cfg.seed)
-            if ir is not None:
-                summary["inverse_rendering"] = ir
-                atomic_write_text(self.run_dir / "eval.json", json.dumps(summary, indent=1))
-        return summary
+        ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
+                                        spp=self.cfg.relight_spp, seed=self.cfg.seed)
+        if ir is not None:
+            summary["inverse_rendering"] = ir
 
     def export(self) -> Path:
         from recon.export.scenes import export_scene

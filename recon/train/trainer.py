@@ -6,27 +6,22 @@ One flat loop; the method-specific pieces (scene construction, densification) ar
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from recon.data.dataset import SceneData
-from recon.evaluate import alpha_is_mask, composite, evaluate_split, fill_invalid
-from recon.metrics import psnr, ssim
-from recon.renderers import GaussianSettings, RenderSettings, render
-from recon.scenes.gaussians import GaussianScene
+from recon.evaluate import alpha_is_mask, evaluate_split
 from recon.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from recon.train.config import GaussianTrainConfig, save_config, validate
-from recon.train.densify import DensifyStrategy
-from recon.train.init import build_gaussian_scene, scene_extent
+from recon.train.config import METHODS, save_config, validate
+from recon.train.init import scene_extent
+from recon.train.method import build_method
 
 CKPT_KEEP = 2
 
@@ -63,7 +58,15 @@ def default_run_dir(method: str, data: Path) -> Path:
     return Path("outputs") / f"{method}-{Path(data).resolve().name}-{stamp}"
 
 
-def load_data(cfg: GaussianTrainConfig) -> SceneData:
+def method_name(cfg) -> str:
+    """The method name (``recon train <name>``) of a training config."""
+    for name, klass in METHODS.items():
+        if type(cfg) is klass:
+            return name
+    raise TypeError(f"not a training config: {type(cfg).__name__}")
+
+
+def load_data(cfg) -> SceneData:
     """Load the dataset named by the config (resolving the sample scene)."""
     from recon.data.load import load_dataset
 
@@ -84,35 +87,16 @@ def resolve_data_path(path: Path) -> Path:
     return Path(path)
 
 
-def build_optimizer(scene: GaussianScene, cfg: GaussianTrainConfig, extent: float) -> torch.optim.Adam:
-    o = cfg.optim
-    lrs = {"means": o.lr_means * extent, "quats": o.lr_quats, "log_scales": o.lr_scales,
-           "opacity_logits": o.lr_opacity, "sh_dc": o.lr_sh_dc, "sh_rest": o.lr_sh_rest}
-    groups = [{"params": [p], "lr": lrs[name], "name": name} for name, p in scene.param_groups().items()]
-    return torch.optim.Adam(groups, eps=1e-15)
-
-
-def means_lr(cfg: GaussianTrainConfig, extent: float, step: int) -> float:
-    """Exponential (log-linear) decay from lr_means to lr_means_final over max_steps, times the extent."""
-    t = min(max(step / cfg.max_steps, 0.0), 1.0)
-    o = cfg.optim
-    return extent * math.exp((1 - t) * math.log(o.lr_means) + t * math.log(max(o.lr_means_final, 1e-20)))
-
-
 class Trainer:
-    """Trains a GaussianScene on a dataset and writes the run directory (DESIGN.md section 6).
-
-    The loop, data order, checkpoints, signals, logging and evaluation are shared by every method; a method
-    (see :class:`recon.train.mesh.MeshTrainer`) overrides the few methods marked "method hook" below.
+    """The one training loop (DESIGN.md section 6): trains the method its config names and writes the run
+    directory. The loop owns data, data order, random states, checkpoints, signals, logging and evaluation; the
+    method (:class:`recon.train.method.Method`, ``self.method``) supplies scene, optimizer, step and exports.
     """
 
-    METHOD = "gaussians"
-    METHOD_KEYS = frozenset({"optimizer", "densify"})
-    """Checkpoint entries the method needs besides the shared ones."""
-
-    def __init__(self, cfg: GaussianTrainConfig, run_dir: Path, resume: bool = False,
+    def __init__(self, cfg, run_dir: Path, resume: bool = False,
                  hooks: list[Callable[[int, Trainer], None]] | None = None):
         validate(cfg)
+        self.method_name = method_name(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.hooks = hooks or []
@@ -132,7 +116,8 @@ class Trainer:
         self.extent = scene_extent(self.data.train.cameras)
         self.eval_background = torch.tensor(self.data.background, dtype=torch.float32, device=self.device)
         self.mask = alpha_is_mask(cfg.alpha_mode, self.data.format)
-        self.settings = self._render_settings()
+        self.method = build_method(self.method_name, self)
+        self.settings = self.method.render_settings()
         self.step = 0
         self.train_seconds = 0.0
         self._order: list[int] = []
@@ -140,11 +125,11 @@ class Trainer:
         if ckpt is not None:
             state = load_checkpoint(ckpt)
             missing = sorted(({"scene", "step", "train_seconds", "generator", "order", "torch_rng"}
-                              | self.METHOD_KEYS) - set(state))
+                              | self.method.state_keys) - set(state))
             if missing:
-                raise ValueError(f"{ckpt}: not a complete recon {self.METHOD} checkpoint (missing {missing})")
-        self._init_method(state, source=str(ckpt))
+                raise ValueError(f"{ckpt}: not a complete recon {self.method_name} checkpoint (missing {missing})")
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.method.setup(state, source=str(ckpt))
         if state is not None:
             self.step = int(state["step"])
             self.train_seconds = float(state["train_seconds"])
@@ -156,70 +141,30 @@ class Trainer:
             print(f"recon: resumed {self.run_dir} from {ckpt.name} (step {self.step})")
         self._stop_signal: int | None = None
 
-    # --- method hooks ----------------------------------------------------------------------------------
-    def _render_settings(self) -> RenderSettings:
-        return RenderSettings(backend=self.cfg.backend, gaussians=GaussianSettings())
-
-    def _init_method(self, state: dict | None, source: str) -> None:
-        """Build the scene and optimizer (from ``state`` when resuming)."""
-        cfg = self.cfg
-        if state is not None:
-            self.scene = GaussianScene.from_state(state["scene"], source=source).to(self.device)
-        else:
-            self.scene = build_gaussian_scene(cfg.model, self.data, seed=cfg.seed,
-                                              alpha_is_coverage=not self.mask).to(self.device)
-            self.scene.active_sh_degree = 0
-        self.optimizer = build_optimizer(self.scene, cfg, self.extent)
-        self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.strategy.load_state_dict(state["densify"])
-
-    def _method_state(self) -> dict:
-        """Checkpoint entries of the method (``scene`` must be a renderable scene's ``to_state()``)."""
-        return {"scene": self.scene.to_state(), "optimizer": self.optimizer.state_dict(),
-                "densify": {k: v.cpu() for k, v in self.strategy.state_dict().items()}}
-
-    def _parameters(self) -> dict[str, torch.Tensor]:
-        return self.scene.param_groups()
-
-    def _size_stats(self) -> dict:
-        """Scene size for logs and the summary."""
-        return {"num_gaussians": len(self.scene)}
-
-    def eval_scene(self):
-        """The scene evaluation and export render."""
-        return self.scene
-
-    def export(self) -> Path:
-        from recon.export.scenes import export_scene
-
-        return export_scene(self.scene, "ply", self.run_dir / "exports" / "scene.ply")
-
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self) -> Path:
         """Write a checkpoint holding everything a resumed run needs to continue exactly as an uninterrupted one
         (parameters, Adam moments, densification statistics, data order and random states)."""
-        self._check_finite()
+        self.check_finite()
         path = self.run_dir / "checkpoints" / f"step-{self.step:07d}.pt"
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        save_checkpoint(path, {**self._method_state(), "step": self.step, "train_seconds": self.train_seconds,
+        save_checkpoint(path, {**self.method.state(), "step": self.step, "train_seconds": self.train_seconds,
                                "generator": self.generator.get_state(), "order": list(self._order),
                                "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng})
         for old in sorted(path.parent.glob("step-*.pt"))[:-CKPT_KEEP]:
             old.unlink()
         return path
 
-    def _check_finite(self) -> None:
+    def check_finite(self) -> None:
         """Raise TrainingError (never checkpoint) when a parameter holds NaN/Inf."""
-        for name, p in self._parameters().items():
+        for name, p in self.method.parameters().items():
             if not torch.isfinite(p.detach().sum()):
                 last = latest_checkpoint(self.run_dir)
                 raise TrainingError(f"parameter '{name}' became NaN/Inf at step {self.step}; training stopped. "
                                     f"Last good checkpoint: {last or 'none written yet'} (unchanged). "
                                     "Lower the learning rates or check the data for NaNs.")
 
-    def _check_loss(self, loss: torch.Tensor) -> None:
+    def check_loss(self, loss: torch.Tensor) -> None:
         """Raise TrainingError (naming the last good checkpoint) when the loss is NaN/Inf."""
         if not torch.isfinite(loss):
             last = latest_checkpoint(self.run_dir)
@@ -233,50 +178,28 @@ class Trainer:
         signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
 
     # --- one step ----------------------------------------------------------------------------------------
-    def _next_index(self) -> int:
+    def next_index(self) -> int:
+        """The next training view; the order is a permutation per epoch, drawn from the checkpointed generator."""
         if not self._order:
             self._order = torch.randperm(len(self.data.train), generator=self.generator).tolist()
         return self._order.pop()
 
     def train_step(self) -> dict:
-        cfg = self.cfg
+        """Advance the step counter and run the method's optimization step."""
         self.step += 1
-        idx = self._next_index()
-        cam = self.train_cams[idx]
-        if cfg.random_background:
-            bg = torch.rand(3, generator=self.generator).to(self.device)
-        else:
-            bg = self.eval_background
-        images = self.train_images[idx : idx + 1]
-        gt = composite(images, bg)
-        out = render(self.scene, cam, replace(self.settings, background=bg))
-        pred = out.rgb
-        if self.mask:
-            gt = fill_invalid(gt, pred, images)
-        l1 = (pred - gt).abs().mean()
-        ssim_val = ssim(pred, gt).mean()
-        loss = (1 - cfg.optim.lambda_dssim) * l1 + cfg.optim.lambda_dssim * (1 - ssim_val)
-        self._check_loss(loss)
-        self.strategy.pre_backward(out)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.step % 50 == 0:  # cheap enough: one reduction per parameter group every 50 steps
-            self._check_finite()
-        self.strategy.post_backward(self.step, out, cam.width, cam.height)
-        for group in self.optimizer.param_groups:
-            if group["name"] == "means":
-                group["lr"] = means_lr(cfg, self.extent, self.step)
-        if self.step % cfg.optim.sh_degree_interval == 0:
-            self.scene.active_sh_degree = min(self.scene.active_sh_degree + 1, self.scene.max_sh_degree)
-        return {"loss": loss.item(), "psnr": psnr(pred.detach().clamp(0, 1), gt).item()}
+        return self.method.step()
+
+    @property
+    def scene(self):
+        """The method's current scene (what evaluation renders)."""
+        return self.method.eval_scene()
 
     # --- the loop ----------------------------------------------------------------------------------------
     def train(self) -> dict:
         """Run to ``max_steps``, evaluate, export; returns the eval summary. Resumable at any checkpoint."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.run_dir / "config.yaml", self.METHOD, cfg)
+        save_config(self.run_dir / "config.yaml", self.method_name, cfg)
         # Signal handlers can only be installed from the main thread (not from a notebook or viewer thread).
         in_main = threading.current_thread() is threading.main_thread()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
@@ -292,9 +215,9 @@ class Trainer:
                     bar.update(1)
                     if self.step % 10 == 0:
                         bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}",
-                                        N=next(iter(self._size_stats().values())))
+                                        N=next(iter(self.method.size_stats().values())))
                 if self.step % cfg.log_every == 0:
-                    log.write(json.dumps({"step": self.step, **stats, **self._size_stats(),
+                    log.write(json.dumps({"step": self.step, **stats, **self.method.size_stats(),
                                           "train_seconds": round(self.train_seconds, 3)}) + "\n")
                     log.flush()
                 for hook in self.hooks:
@@ -323,16 +246,17 @@ class Trainer:
                 f"{self.step:07d}.pt"):
             self.save()
         summary = self.evaluate(save_renders=True)
-        summary["export"] = str(self.export())
+        summary["export"] = str(self.method.export())
         return summary
 
     @torch.no_grad()
     def evaluate(self, save_renders: bool) -> dict:
         """PSNR/SSIM on the test split (sRGB, over the evaluation background); writes eval.json."""
         renders = self.run_dir / "renders" / "test" if save_renders else None
-        summary = evaluate_split(self.eval_scene(), self.data.test, self.eval_background, self.settings, renders,
+        summary = evaluate_split(self.method.eval_scene(), self.data.test, self.eval_background, self.settings, renders,
                                  mask=self.mask)
-        summary.update(**self._size_stats(), train_seconds=round(self.train_seconds, 3), step=self.step)
+        summary.update(**self.method.size_stats(), train_seconds=round(self.train_seconds, 3), step=self.step)
+        self.method.evaluate_extra(summary, final=save_renders)
         if save_renders:
             from recon.train.checkpoint import atomic_write_text
 
@@ -352,7 +276,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def _progress(cfg: GaussianTrainConfig, start: int):
+def _progress(cfg, start: int):
     if not cfg.progress:
         return None
     from tqdm import tqdm
