@@ -39,6 +39,7 @@ def mesh_chamfer(run_dir: Path, gt_path: Path) -> dict:
     from recon.metrics import chamfer_l1
 
     scene = load_run_scene(run_dir)
+    scene = getattr(scene, "geometry", scene)  # a PBR run's LitScene: its mesh
     gt = trimesh.load(gt_path, process=False, force="mesh")
     gt_v = torch.as_tensor(gt.vertices, dtype=torch.float64)
     scale = 1.0 / gt_v.norm(dim=-1).max().item()
