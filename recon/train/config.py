@@ -151,6 +151,9 @@ class MeshModelConfig:
     """Edge of the square base-color texture of the refinement stage (pixels)."""
     min_component_faces: int = 200
     """Connected components with fewer faces are dropped when the mesh is extracted (floaters)."""
+    smooth_iterations: int = 0
+    """Taubin smoothing iterations applied to the extracted mesh before the refinement stage (removes the
+    marching-tetrahedra staircase, which shading would read as bumps)."""
 
 
 @dataclass
@@ -203,6 +206,10 @@ class MeshPBRModelConfig(MeshModelConfig):
 
     texture_size: int = 512
     """Edge of the square base-color and roughness-metallic textures of the material stage (pixels)."""
+    smooth_iterations: int = 50
+    """Taubin smoothing iterations applied to the extracted mesh before the material stage (shading reads the
+    marching-tetrahedra staircase as bumps; measured on bob_field: normal error 25 -> 20 deg, chamfer
+    0.0149 -> 0.0138)."""
     light_height: int = 32
     """Rows of the learned equirectangular environment map (columns: 2x)."""
     init_light: float = 1.0
@@ -218,14 +225,18 @@ class MeshPBRModelConfig(MeshModelConfig):
 class MeshPBROptimConfig(MeshOptimConfig):
     """Mesh optimization (as for `mesh`) plus the material and light of the PBR stage."""
 
+    lambda_normal: float = 0.5
+    """Weight of the normal-consistency term (1 - cos between adjacent face normals). Higher than for `mesh`:
+    with shading in the loss, vertex offsets otherwise grow bumps that explain shading detail (bob_field normal
+    error 19.8 deg at 0.01, 11.8 deg at 0.1)."""
+    lambda_material_smooth: float = 0.5
+    """Weight of the total variation of the roughness-metallic texture."""
     lr_material: float = 1e-2
     """Adam learning rate of the roughness-metallic texels."""
     lr_light: float = 3e-2
     """Adam learning rate of the light's log-radiance texels."""
     lambda_albedo_smooth: float = 0.02
     """Weight of the total variation of the base-color texture (nvdiffrec's kd smoothness, in texture space)."""
-    lambda_material_smooth: float = 0.05
-    """Weight of the total variation of the roughness-metallic texture."""
     lambda_light_white: float = 0.01
     """Weight of the neutral-white light prior: mean |L_c - mean_c L| / mean L over the map (nvdiffrec-mc);
     color goes to the base color rather than being baked into the light."""
@@ -282,6 +293,7 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("model.bounds_margin", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("model.texture_size", lambda v: 8 <= v <= 8192, "an integer in 8..8192"),
     ("model.min_component_faces", lambda v: v >= 0, "an integer >= 0"),
+    ("model.smooth_iterations", lambda v: 0 <= v <= 1000, "an integer in 0..1000"),
     ("optim.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
     ("optim.views_per_step", lambda v: v >= 1, "an integer >= 1"),
     ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),

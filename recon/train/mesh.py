@@ -125,6 +125,22 @@ def keep_large_components(verts: torch.Tensor, faces: torch.Tensor, min_faces: i
     return verts[kept], torch.as_tensor(remap[f], dtype=torch.long), kept
 
 
+def taubin_smooth(verts: torch.Tensor, faces: torch.Tensor, iterations: int, lam: float = 0.5,
+                  mu: float = -0.53) -> torch.Tensor:
+    """Taubin's lambda|mu smoothing (uniform weights): removes the staircase of a marching-tetrahedra surface
+    without the shrinkage of plain Laplacian smoothing. ``verts [V, 3]``, ``faces [F, 3]`` -> ``[V, 3]``."""
+    neighbors, _ = mesh_adjacency(faces)
+    src, dst = neighbors[:, 0], neighbors[:, 1]
+    deg = torch.zeros(len(verts), dtype=verts.dtype).index_add_(0, src, torch.ones(len(src), dtype=verts.dtype))
+    deg = deg.clamp_min(1)[:, None]
+    v = verts.clone()
+    for _ in range(iterations):
+        for factor in (lam, mu):
+            mean = torch.zeros_like(v).index_add_(0, src, v[dst]) / deg
+            v = v + factor * (mean - v)
+    return v
+
+
 def uv_atlas(verts: torch.Tensor, faces: torch.Tensor, texture_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """xatlas UV atlas: ``uvs [T, 2]`` (docs/mesh.md convention) and ``uv_faces [F, 3]`` matching ``faces``."""
     import xatlas
@@ -261,6 +277,8 @@ class MeshMethod(Method):
         if len(faces) == 0:
             raise TrainingError("the iso-surface is empty: nothing to texture (check the masks / model.init)")
         verts, faces_c, kept = keep_large_components(verts.cpu(), faces.cpu(), m.min_component_faces)
+        if m.smooth_iterations > 0:
+            verts = taubin_smooth(verts, faces_c, m.smooth_iterations)
         uvs, uv_faces = uv_atlas(verts, faces_c, m.texture_size)
         # The bake runs on CPU tensors, so it picks its own backend (the run's may be a CUDA-only one).
         tex = bake_vertex_colors(uvs, uv_faces, colors.cpu()[kept], faces_c, m.texture_size, "auto")

@@ -111,7 +111,10 @@ class MeshPBRMethod(MeshMethod):
         o = self.cfg.optim
         if o.mc_steps > 0 and self.step_index > self.cfg.max_steps - o.mc_steps:
             # A fresh, step-determined sample pattern each step: unbiased gradients, exact resume.
-            settings = replace(settings, shading=ShadingSettings(integrator="mc", spp=o.mc_spp, seed=self.step_index))
+            shading = ShadingSettings(integrator="mc", spp=o.mc_spp, seed=self.step_index)
+        else:
+            shading = ShadingSettings(integrator="splitsum")  # the loop's settings may be the evaluation's MC
+        settings = replace(settings, shading=shading)
         return render_mesh_arrays(arrays, cams, settings, shading="pbr", light=self.light)
 
     def step(self) -> dict:
