@@ -74,13 +74,8 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
 
 
 def plot(results: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("bench: matplotlib not installed; no plot")
+    plt = _TRAIN.pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:

@@ -98,7 +98,8 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
     return result
 
 
-def plot(results: list[dict], path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot with the Agg backend, or None (and one line saying so) when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -106,6 +107,13 @@ def plot(results: list[dict], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("bench: matplotlib not installed; no plot")
+        return None
+    return plt
+
+
+def plot(results: list[dict], path: Path) -> None:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:

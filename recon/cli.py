@@ -380,8 +380,10 @@ def _write_frames(scene, cams, names: list[str], settings, channels: list[str], 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     device = scene_device(scene)
-    gbuf = tuple(c for c in ("normal", "albedo", "roughness", "metallic") if c in channels)
-    settings = replace(settings, channels=("rgb", "alpha", "depth", *gbuf))
+    # rgb and alpha always (the frames feed the orbit video); the rest only when asked: each extra channel costs an
+    # interpolation, and with --supersample a pixel-center pass of its own.
+    extra = tuple(c for c in ("depth", "normal", "albedo", "roughness", "metallic") if c in channels)
+    settings = replace(settings, channels=("rgb", "alpha", *extra))
     frames = []
     with torch.no_grad():
         for i, name in enumerate(names):

@@ -4,8 +4,6 @@ protocol of :mod:`recon.evaluate_ir` (both the foreground and the legacy full-im
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
@@ -113,7 +111,3 @@ def _rounded(value):
         return [_rounded(v) for v in value]
     return value
 
-
-def with_settings(settings: RenderSettings, **shading) -> RenderSettings:
-    """``settings`` with some :class:`ShadingSettings` fields replaced."""
-    return replace(settings, shading=replace(settings.shading, **shading))

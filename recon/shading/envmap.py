@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from recon.data.io import read_image, write_exr, write_hdr
 
-__all__ = ["LUMA_WEIGHTS", "dir_to_uv", "uv_to_dir", "envmap_lookup", "read_envmap", "EnvLight"]
+__all__ = ["LUMA_WEIGHTS", "dir_to_uv", "uv_to_dir", "rotate_z", "envmap_lookup", "read_envmap", "EnvLight"]
 
 LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)
 """Rec.709 luminance weights of linear RGB."""
@@ -54,7 +54,7 @@ def uv_to_dir(uv: Tensor) -> Tensor:
     return torch.stack([s * torch.cos(phi), s * torch.sin(phi), torch.cos(theta)], dim=-1)
 
 
-def _rotate_z(d: Tensor, deg: float) -> Tensor:
+def rotate_z(d: Tensor, deg: float) -> Tensor:
     """Rotate ``d [..., 3]`` by ``deg`` degrees about +Z (counter-clockwise seen from +Z)."""
     if deg % 360.0 == 0.0:
         return d
@@ -72,7 +72,7 @@ def envmap_lookup(radiance: Tensor, dirs: Tensor, rotation_deg: float = 0.0) -> 
     ``dirs``) through plain gather arithmetic.
     """
     H, W = radiance.shape[:2]
-    uv = dir_to_uv(_rotate_z(dirs, -rotation_deg)).to(radiance.dtype)
+    uv = dir_to_uv(rotate_z(dirs, -rotation_deg)).to(radiance.dtype)
     x = uv[..., 0] * W - 0.5
     y = uv[..., 1] * H - 0.5
     x0, y0 = torch.floor(x), torch.floor(y)
@@ -296,7 +296,7 @@ class EnvLight(nn.Module):
         fx = ((target - cdf[idx]) / pt[idx]).clamp(0.0, 1.0 - 1e-9)
         col = idx - row * W
         uv = torch.stack([(col + fx) / W, (row + fy) / H], dim=-1)
-        dirs = _rotate_z(uv_to_dir(uv), self.rotation_deg)
+        dirs = rotate_z(uv_to_dir(uv), self.rotation_deg)
         out_dtype = u.dtype if u.is_floating_point() else torch.float32
         dirs = dirs.to(out_dtype)
         return dirs, self.pdf(dirs)
@@ -309,7 +309,7 @@ class EnvLight(nn.Module):
         pt, _, _ = self._distribution()
         H = self.height
         W = 2 * H
-        d = _rotate_z(dirs.detach().to(device=pt.device, dtype=torch.float64), -self.rotation_deg)
+        d = rotate_z(dirs.detach().to(device=pt.device, dtype=torch.float64), -self.rotation_deg)
         uv = dir_to_uv(d)
         col = (uv[..., 0] * W).long().clamp(0, W - 1)
         row = (uv[..., 1] * H).long().clamp(0, H - 1)

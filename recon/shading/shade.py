@@ -8,7 +8,6 @@ the renderer's output.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -42,12 +41,9 @@ class GBuffer:
 def to_light_frame(light, dirs: Tensor) -> Tensor:
     """World directions ``[..., 3]`` expressed in the frame of ``light``'s stored (unrotated) map: the inverse of
     its rotation about +Z (a light rotated by +deg shows at ``R_z(deg) d`` what the stored map holds at ``d``)."""
-    deg = float(getattr(light, "rotation_deg", 0.0))
-    if deg == 0.0:
-        return dirs
-    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    x, y, z = dirs.unbind(-1)
-    return torch.stack([c * x + s * y, -s * x + c * y, z], -1)
+    from recon.shading.envmap import rotate_z
+
+    return rotate_z(dirs, -float(getattr(light, "rotation_deg", 0.0)))
 
 
 def _cached_splitsum(light, build):
