@@ -300,6 +300,19 @@ def test_normals_edges_bounds():
     assert scene.bounds().tolist() == [[0, 0, 0], [1, 2, 2]]
 
 
+def test_vertex_normal_of_a_tiny_face_has_finite_gradient():
+    # A vertex used only by a face of area ~1e-14 (squared normal length ~1e-28): its gradient must stay finite
+    # (a squared-norm floor of 1e-30 let rsqrt's derivative overflow float32 and turned a training step NaN).
+    from recon.scenes.mesh import vertex_normals
+
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1e-3, 0, 0], [1e-3 + 1e-7, 0, 0], [1e-3, 1e-7, 0]],
+                     dtype=torch.float32, requires_grad=True)
+    n = vertex_normals(v, torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    assert torch.allclose(n[0], torch.tensor([0.0, 0, 1])) and torch.isfinite(n).all()
+    (n * torch.tensor([0.3, -0.2, 1.0])).sum().backward()
+    assert torch.isfinite(v.grad).all()
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"faces": [[0, 1, 5]]}, r"faces must index \[0, V=3\)"),
     ({"faces": [[0.0, 1.0, 2.0]]}, "faces must be an integer tensor"),

@@ -204,3 +204,23 @@ def test_taubin_smoothing_removes_noise_without_shrinking():
     assert smooth.norm(dim=1).std() < 0.5 * noisy.norm(dim=1).std()
     assert abs(smooth.norm(dim=1).mean().item() - 1.0) < 0.01
     assert torch.equal(taubin_smooth(noisy, faces, 0), noisy)
+
+
+def test_visible_faces_drops_a_hidden_inner_shell_only():
+    """An icosphere with a smaller one inside it (the walls of a pocket no camera can see): every face of the
+    outer sphere is seen from eight orbiting cameras, none of the inner one."""
+    from recon.train.mesh import visible_faces
+
+    from _mesh_util import cameras_at, icosphere
+
+    angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    eyes = 3.0 * np.stack([np.cos(angles), np.sin(angles), 0.6 * np.sin(3 * angles)], 1)
+    verts, faces = icosphere(3)
+    verts = torch.as_tensor(verts, dtype=torch.float32)
+    faces = torch.as_tensor(faces, dtype=torch.long)
+    both_v = torch.cat([verts, 0.5 * verts])
+    both_f = torch.cat([faces, faces + len(verts)])
+    seen = visible_faces(both_v, both_f, cameras_at(eyes, (64, 64), 80.0))
+    assert seen.dtype == torch.bool and seen.shape == (2 * len(faces),)
+    assert seen[: len(faces)].all()  # 1280 outer faces, each a few pixels wide at 2x supersampling
+    assert not seen[len(faces):].any()

@@ -435,5 +435,6 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
 
 
 def _normalize(x: Tensor) -> Tensor:
-    # rsqrt of a clamped squared norm: finite values and gradients even for zero vectors
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).clamp_min(1e-30))
+    # rsqrt of a clamped squared norm: finite values and gradients even for zero vectors. The floor must keep
+    # rsqrt's own derivative (-0.5 s^-1.5) finite in float32: 1e-30 gave 1e45 = inf, and inf * 0 = NaN.
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).clamp_min(1e-20))

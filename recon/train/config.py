@@ -151,6 +151,10 @@ class MeshModelConfig:
     """Edge of the square base-color texture of the refinement stage (pixels)."""
     min_component_faces: int = 200
     """Connected components with fewer faces are dropped when the mesh is extracted (floaters)."""
+    cull_hidden: bool = True
+    """Drop the faces of the extracted surface that no training camera sees (rasterized at twice the image
+    resolution) before the refinement stage: the walls of pockets inside the object, which the photometric
+    loss never reaches and which only add interior surface (docs/mesh.md)."""
     smooth_iterations: int = 0
     """Taubin smoothing iterations applied to the extracted mesh before the refinement stage (removes the
     marching-tetrahedra staircase, which shading would read as bumps)."""
