@@ -151,6 +151,10 @@ class MeshModelConfig:
     """Edge of the square base-color texture of the refinement stage (pixels)."""
     min_component_faces: int = 200
     """Connected components with fewer faces are dropped when the mesh is extracted (floaters)."""
+    init_mesh: str | None = None
+    """Start the refinement stage from this mesh file (OBJ / PLY / GLB; its geometry and vertex colors) instead
+    of an iso-surface; needs `optim.geometry_steps 0` (nvdiffrec's base mesh). With a synthetic set's
+    `gt_asset.glb` and `optim.lr_vertices 0` it scores material and light recovery on exact geometry."""
     cull_hidden: bool = True
     """Drop the faces of the extracted surface that no training camera sees (rasterized at twice the image
     resolution) before the refinement stage: the walls of pockets inside the object, which the photometric
@@ -329,6 +333,10 @@ def validate(cfg) -> None:
             continue
         if not ok(value):
             raise ValueError(f"config field '{name}' must be {expected}, got {value!r}")
+    init_mesh = getattr(getattr(cfg, "model", None), "init_mesh", None)
+    if init_mesh is not None and cfg.optim.geometry_steps != 0:
+        raise ValueError(f"config field 'model.init_mesh' ({init_mesh}) needs optim.geometry_steps 0, "
+                         f"got {cfg.optim.geometry_steps}")
 
 
 def to_dict(cfg) -> dict:

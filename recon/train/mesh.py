@@ -206,6 +206,17 @@ def bake_vertex_colors(uvs: torch.Tensor, uv_faces: torch.Tensor, colors: torch.
     return tex.clamp(0, 1).contiguous()
 
 
+def _load_init_mesh(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``model.init_mesh``: vertices, faces and vertex colors (linear; 0.5 gray without COLOR_0) of a mesh file."""
+    from recon.export.mesh_io import load_mesh
+
+    scene = load_mesh(path)
+    verts = scene.vertices.detach().float()
+    colors = (scene.vertex_colors.detach().float().clamp(0, 1) if scene.vertex_colors is not None
+              else torch.full_like(verts, 0.5))
+    return verts, scene.faces.long(), colors
+
+
 def uniform_laplacian(values: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of each row of ``values [V, D]`` to the mean of its neighbours (``neighbors [E, 2]``
     directed vertex pairs)."""
@@ -258,7 +269,8 @@ class MeshMethod(Method):
                       "the run ends in the iso-surface stage, so the textured refinement stage is skipped and "
                       "the mesh keeps vertex colors", file=sys.stderr)
             self.stage = GEOMETRY if self.cfg.optim.geometry_steps > 0 else TEXTURE
-            self.grid = initial_grid(self.cfg, self.data, self.mask).to(self.device)
+            if self.cfg.model.init_mesh is None:
+                self.grid = initial_grid(self.cfg, self.data, self.mask).to(self.device)
             if self.stage == TEXTURE:
                 self._start_texture_stage()
             self._make_optimizer()
@@ -296,8 +308,11 @@ class MeshMethod(Method):
     def _start_texture_stage(self) -> None:
         """Extract the surface once, clean it, UV-map it and bake the stage-1 colors into the texture."""
         m = self.cfg.model
-        with torch.no_grad():
-            verts, faces, colors = self.grid.extract()
+        if m.init_mesh is not None:
+            verts, faces, colors = _load_init_mesh(m.init_mesh)
+        else:
+            with torch.no_grad():
+                verts, faces, colors = self.grid.extract()
         if len(faces) == 0:
             raise TrainingError("the iso-surface is empty: nothing to texture (check the masks / model.init)")
         verts, faces_c, kept = keep_large_components(verts.cpu(), faces.cpu(), m.min_component_faces)
