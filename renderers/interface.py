@@ -9,7 +9,7 @@ import torch
 
 from recon.cameras import Cameras
 
-Channel = Literal["rgb", "alpha", "depth", "normal", "albedo", "roughness", "metallic"]
+Channel = Literal["rgb", "alpha", "depth", "normal", "albedo", "roughness", "metallic", "shading"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class RenderSettings:
     background: tuple[float, float, float] | torch.Tensor | None = None
     """Linear RGB background ``[3]`` composited behind the scene; None means black."""
     channels: tuple[Channel, ...] = ("rgb", "alpha", "depth")
-    """Which outputs to produce."""
+    """Which outputs to produce. "shading" (physically based shading only) is the G-buffer's demodulated
+    shading: the linear radiance the pixel would have with a base color of 1 (roughness and metallic kept)."""
     backend: str = "auto"
     """Implementation: "auto", or a backend name of the scene's family ("torch", "cpu", "gsplat", ...)."""
     gaussians: GaussianSettings = field(default_factory=GaussianSettings)

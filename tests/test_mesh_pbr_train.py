@@ -230,3 +230,57 @@ def test_mesh_pbr_from_the_ground_truth_mesh(bob, tmp_path, capsys):
                  "--model.init-mesh", str(gt)]) == 1
     err = capsys.readouterr().err
     assert "'model.init_mesh'" in err and "needs optim.geometry_steps 0, got 600" in err, err
+
+
+@pytest.mark.parametrize("integrator", ["splitsum", "mc"])
+def test_demodulated_shading_channel(integrator):
+    """The "shading" channel is the shading of a base color of 1: it does not depend on the base color, and for
+    a white dielectric it is the rendered radiance itself."""
+    from _mesh_util import cameras_at, icosphere
+
+    from recon.color import linear_to_srgb
+    from recon.renderers import MeshSettings, RenderSettings, ShadingSettings
+    from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
+    from recon.shading.envmap import EnvLight
+
+    verts, faces = icosphere(3)
+    verts, faces = torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.long)
+    sky = torch.linspace(1.6, 0.2, 8)[:, None, None].expand(8, 16, 3) * torch.tensor([1.0, 0.9, 0.8])
+    light = EnvLight(sky.contiguous())
+    cams = cameras_at(np.array([[3.0, 0.5, 1.0]]), (32, 32), 40.0)
+    settings = RenderSettings(channels=("rgb", "alpha", "shading"), mesh=MeshSettings(antialias=False),
+                              shading=ShadingSettings(integrator=integrator, spp=4, seed=3))
+    outs = {}
+    for gray in (1.0, 0.4):
+        arrays = MeshArrays(vertices=verts, faces=faces, vertex_colors=torch.full_like(verts, gray),
+                            roughness_factor=0.5, metallic_factor=0.0)
+        outs[gray] = render_mesh_arrays(arrays, cams, settings, shading="pbr", light=light)
+    covered = outs[1.0].alpha[..., 0] > 0
+    assert covered.sum() > 100
+    shading = outs[1.0].gbuffer["shading"]
+    torch.testing.assert_close(outs[0.4].gbuffer["shading"], shading)
+    assert (shading[covered] > 0.05).all() and (shading[~covered] == 0).all()
+    torch.testing.assert_close(linear_to_srgb(shading.clamp(0, 1))[covered], outs[1.0].rgb[covered])
+    # A darker base color darkens the radiance but not the shading.
+    assert (outs[0.4].rgb[covered] < outs[1.0].rgb[covered]).all()
+
+
+def test_monochrome_shading_loss():
+    """Zero where the shading's luminance equals the image's brightest linear channel on the object; the
+    background (alpha 0) does not count; otherwise positive and differentiable."""
+    from recon.color import linear_to_srgb
+    from recon.train.mesh_pbr import monochrome_shading_loss
+
+    g = torch.Generator().manual_seed(0)
+    linear = torch.rand(2, 8, 8, 3, generator=g) * 0.9 + 0.05
+    alpha = (torch.rand(2, 8, 8, 1, generator=g) > 0.3).float()
+    images = torch.cat([linear_to_srgb(linear), alpha], -1)
+    match = linear.amax(-1, keepdim=True).expand(-1, -1, -1, 3).clone()
+    assert monochrome_shading_loss(match, images).item() < 1e-6
+    off_object = match + 5.0 * (1 - alpha)
+    assert monochrome_shading_loss(off_object, images).item() < 1e-6
+    darker = (0.5 * match).requires_grad_(True)
+    loss = monochrome_shading_loss(darker, images)
+    assert loss.item() > 0.01
+    loss.backward()
+    assert torch.isfinite(darker.grad).all() and (darker.grad[alpha[..., 0] > 0] < 0).all()

@@ -224,3 +224,26 @@ def test_visible_faces_drops_a_hidden_inner_shell_only():
     assert seen.dtype == torch.bool and seen.shape == (2 * len(faces),)
     assert seen[: len(faces)].all()  # 1280 outer faces, each a few pixels wide at 2x supersampling
     assert not seen[len(faces):].any()
+
+
+def test_hidden_regions_keep_unseen_slivers_between_seen_faces():
+    """Only connected unseen regions of at least min_faces faces are culled: single unseen faces scattered among
+    seen ones (slivers no raster sample hit) stay, so culling opens no pinholes."""
+    from recon.train.mesh import hidden_regions, mesh_adjacency
+
+    from _mesh_util import icosphere
+
+    verts, faces = icosphere(3)
+    faces = torch.as_tensor(faces, dtype=torch.long)
+    verts = torch.as_tensor(verts, dtype=torch.float32)
+    centers = verts[faces].mean(1)
+    seen = torch.ones(len(faces), dtype=torch.bool)
+    cap = centers[:, 2] > 0.8  # a connected cap of unseen faces
+    seen[cap] = False
+    _, pairs = mesh_adjacency(faces)
+    lonely = torch.nonzero((centers[:, 2] < -0.2) & (centers[:, 2] > -0.5))[:, 0][::7][:5]
+    assert not torch.isin(pairs[torch.isin(pairs[:, 0], lonely), 1], lonely).any()  # not adjacent to each other
+    seen[lonely] = False
+    culled = hidden_regions(faces, seen, min_faces=20)
+    assert cap.sum() >= 20 and torch.equal(culled, cap)
+    assert not hidden_regions(faces, seen, min_faces=int(cap.sum()) + 1).any()

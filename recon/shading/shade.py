@@ -8,6 +8,7 @@ the renderer's output.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,9 @@ class GBuffer:
     position ``[P, 3]``; normal ``[P, 3]`` unit shading normal; geo_normal ``[P, 3]`` unit geometric normal
     (offsets shadow-ray origins off the surface); view ``[P, 3]`` unit direction from the surface to the camera;
     base_color ``[P, 3]`` linear; roughness ``[P, 1]`` (glTF perceptual roughness, alpha = roughness^2);
-    metallic ``[P, 1]``.
+    metallic ``[P, 1]``; transfer ``[P, 17]`` or None: the self-shadowed diffuse transfer of
+    :mod:`recon.shading.prt` (split-sum then shades with shadowed irradiance and occluded specular; the Monte
+    Carlo integrator traces its own shadow rays and ignores it).
     """
 
     position: Tensor
@@ -33,6 +36,7 @@ class GBuffer:
     base_color: Tensor
     roughness: Tensor
     metallic: Tensor
+    transfer: Tensor | None = None
 
     def __len__(self) -> int:
         return self.position.shape[0]
@@ -80,7 +84,13 @@ def shade(gb: GBuffer, light, settings, caster=None, splitsum_light=None) -> Ten
 
         sl = splitsum_light if splitsum_light is not None else _cached_splitsum(light, SplitSumLight)
         n, v = to_light_frame(light, gb.normal), to_light_frame(light, gb.view)
-        return shade_splitsum(n, v, gb.base_color, gb.roughness, gb.metallic, sl)
+        if gb.transfer is None:
+            return shade_splitsum(n, v, gb.base_color, gb.roughness, gb.metallic, sl)
+        from recon.shading.prt import SH_COEFFS, light_sh
+
+        irradiance = gb.transfer[:, :SH_COEFFS] @ light_sh(light) * (1.0 / math.pi)
+        return shade_splitsum(n, v, gb.base_color, gb.roughness, gb.metallic, sl, diffuse=irradiance.clamp_min(0),
+                              specular_occlusion=gb.transfer[:, SH_COEFFS:])
     if settings.integrator == "mc":
         from recon.shading.mc import shade_mc
 

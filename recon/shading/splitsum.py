@@ -297,13 +297,17 @@ class SplitSumLight:
         return out
 
 
-def shade_splitsum(n, v, base_color, roughness, metallic, light: SplitSumLight) -> torch.Tensor:
+def shade_splitsum(n, v, base_color, roughness, metallic, light: SplitSumLight, diffuse=None,
+                   specular_occlusion=None) -> torch.Tensor:
     """Outgoing linear radiance ``[..., 3]`` of the principled BRDF under ``light`` (split-sum approximation).
 
     Args:
         n, v: ``[..., 3]`` unit normal and direction to the viewer (world space).
         base_color: ``[..., 3]`` linear. roughness, metallic: ``[..., 1]`` in [0, 1].
         light: a :class:`SplitSumLight` (same device and dtype).
+        diffuse: ``[..., 3]`` irradiance / pi to use instead of the light's unoccluded ``diffuse(n)`` (e.g. the
+            self-shadowed irradiance of :mod:`recon.shading.prt`), or None.
+        specular_occlusion: ``[..., 1]`` factor on the specular term (e.g. the visible fraction), or None.
     Returns:
         ``(1 - metallic) base_color diffuse(n) + (F0 A + B) specular(r_d, roughness)``, F0 = lerp(0.04,
         base_color, metallic), ``(A, B)`` from the LUT at ``(clamp(n.v, 0, 1), roughness)``, ``r_d`` the mirror
@@ -328,4 +332,6 @@ def shade_splitsum(n, v, base_color, roughness, metallic, light: SplitSumLight) 
     ab = _lut_lookup(light.lut, n_dot_v, roughness)
     f0 = 0.04 * (1 - metallic) + base_color * metallic
     specular = (f0 * ab[..., 0:1] + ab[..., 1:2]) * light.specular(r, roughness)
-    return (1 - metallic) * base_color * light.diffuse(n) + specular
+    if specular_occlusion is not None:
+        specular = specular * specular_occlusion
+    return (1 - metallic) * base_color * (light.diffuse(n) if diffuse is None else diffuse) + specular

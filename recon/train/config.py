@@ -244,12 +244,23 @@ class MeshPBROptimConfig(MeshOptimConfig):
     """Adam learning rate of the light's log-radiance texels."""
     lambda_albedo_smooth: float = 0.02
     """Weight of the total variation of the base-color texture (nvdiffrec's kd smoothness, in texture space)."""
+    lambda_shading: float = 0.0
+    """Weight of nvdiffrec-mc's monochrome shading regularizer: the luminance of the demodulated shading (the
+    render with a base color of 1) should match the brightest channel of the image, compared as
+    srgb(log(1 + x)) over the object; light and geometry explain the brightness, the base color the chroma."""
     lambda_light_white: float = 0.01
     """Weight of the neutral-white light prior: mean |L_c - mean_c L| / mean L over the map (nvdiffrec-mc);
     color goes to the base color rather than being baked into the light."""
     lambda_metallic: float = 0.01
     """Weight of a prior pulling metallic towards 0 (dielectric), the common case the image alone cannot
     separate from a tinted specular."""
+    shadow_samples: int = 64
+    """Self-shadowing in the split-sum steps: the per-vertex diffuse transfer (visibility times cosine in
+    spherical harmonics, recon.shading.prt) from this many shadow rays per vertex through the mesh BVH, so
+    shadows are explained by the geometry instead of painted into the base color; evaluation then uses the
+    Monte Carlo integrator. 0: unshadowed split-sum."""
+    transfer_every: int = 200
+    """Recompute the transfer every this-many steps (the vertices move)."""
     mc_steps: int = 0
     """The last this-many steps shade with the Monte Carlo integrator (shadow rays through the mesh BVH) instead
     of split-sum, so that self-shadowing is explained by the geometry rather than baked into the base color
@@ -306,6 +317,8 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("relight_spp", lambda v: v >= 1, "an integer >= 1"),
     ("optim.mc_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.shadow_samples", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.transfer_every", lambda v: v >= 1, "an integer >= 1"),
     ("optim.mc_spp", lambda v: v >= 1, "an integer >= 1"),
     ("model.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),
     ("model.init_light", lambda v: v > 0, "a number > 0"),
@@ -315,7 +328,7 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
      ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats",
       "lr_sdf", "lr_deform", "lr_color", "lr_vertices", "lr_texture", "lambda_mask", "lambda_sdf",
       "lambda_laplacian", "lambda_normal", "lr_material", "lr_light", "lambda_albedo_smooth",
-      "lambda_material_smooth", "lambda_light_white", "lambda_metallic")]
+      "lambda_material_smooth", "lambda_shading", "lambda_light_white", "lambda_metallic")]
 
 
 def _get(cfg, dotted: str):

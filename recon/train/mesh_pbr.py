@@ -29,12 +29,27 @@ from recon.scenes.mesh import MeshMaterial, MeshScene
 from recon.shading.envmap import EnvLight
 from recon.train.mesh import GEOMETRY, MeshMethod
 
-__all__ = ["MeshPBRMethod", "light_white_prior", "total_variation"]
+__all__ = ["MeshPBRMethod", "light_white_prior", "monochrome_shading_loss", "total_variation"]
 
 
 def total_variation(tex: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of horizontally and vertically adjacent texels of ``tex [H, W, C]``."""
     return (tex[1:] - tex[:-1]).abs().mean() + (tex[:, 1:] - tex[:, :-1]).abs().mean()
+
+
+def monochrome_shading_loss(shading: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """nvdiffrec-mc's monochrome shading regularizer: the luminance (channel mean) of the demodulated shading
+    ``[C, H, W, 3]`` (linear radiance of a base color of 1) should match the brightest channel of the linearized
+    ``images [C, H, W, 4]`` (sRGB, straight alpha) on the object, compared as ``srgb(log(1 + x))``: shading
+    explains the brightness, so the base color keeps the chroma instead of painting in shadows."""
+    from recon.color import linear_to_srgb, srgb_to_linear
+
+    def tonemap(x: torch.Tensor) -> torch.Tensor:
+        return linear_to_srgb(torch.log1p(x.clamp(0, 65535)))
+
+    ref = srgb_to_linear(images[..., :3]).amax(-1, keepdim=True)
+    pred = shading.mean(-1, keepdim=True)
+    return ((tonemap(pred) - tonemap(ref)) * images[..., 3:]).abs().mean()
 
 
 def light_white_prior(radiance: torch.Tensor) -> torch.Tensor:
@@ -49,8 +64,10 @@ class MeshPBRMethod(MeshMethod):
     name = "mesh-pbr"
 
     def render_settings(self) -> RenderSettings:
-        # Evaluation shades like the end of training: Monte Carlo (16 spp) after mc_steps, else split-sum.
-        shading = (ShadingSettings(integrator="mc", spp=16) if self.cfg.optim.mc_steps > 0
+        # Evaluation shades like training: with self-shadowing (shadow_samples or mc_steps) the Monte Carlo
+        # integrator (16 spp, shadow rays), else split-sum.
+        o = self.cfg.optim
+        shading = (ShadingSettings(integrator="mc", spp=16) if o.mc_steps > 0 or o.shadow_samples > 0
                    else ShadingSettings(integrator="splitsum"))
         return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading)
 
@@ -65,12 +82,35 @@ class MeshPBRMethod(MeshMethod):
         self.material = torch.nn.Parameter(rm.contiguous().clone())
         light = EnvLight.constant(m.init_light, height=m.light_height, learnable=True)
         self.light = light.to(self.device)
+        self.transfer = None
+        self._update_transfer()
+
+    @torch.no_grad()
+    def _update_transfer(self) -> None:
+        """The self-shadowed diffuse transfer of the current vertices (:mod:`recon.shading.prt`), shadow rays
+        through the mesh's BVH; None when ``optim.shadow_samples`` is 0."""
+        o = self.cfg.optim
+        if o.shadow_samples <= 0:
+            self.transfer = None
+            return
+        from recon.renderers.mesh.raycast import RayCaster
+        from recon.scenes.mesh import vertex_normals
+        from recon.shading.prt import diffuse_transfer
+
+        verts = (self.base_vertices + self.offsets).detach().float().cpu()
+        faces = self.faces.cpu()
+        caster = RayCaster(verts.contiguous(), faces)
+        t = diffuse_transfer(verts, vertex_normals(verts, faces), caster, samples=o.shadow_samples,
+                             seed=self.cfg.seed)
+        self.transfer = t.to(self.device)
 
     def state(self) -> dict:
         state = super().state()
         if self.stage != GEOMETRY:
             state["model"]["material"] = self.material.detach().cpu()
             state["model"]["light"] = self.light.to_state()
+            if self.transfer is not None:
+                state["model"]["transfer"] = self.transfer.cpu()
         return state
 
     def _load_texture_state(self, st: dict, source: str) -> None:
@@ -81,6 +121,9 @@ class MeshPBRMethod(MeshMethod):
         except KeyError as err:
             raise ValueError(f"{source}: mesh-pbr checkpoint lacks {err}") from err
         self.light.log_radiance.requires_grad_(True)
+        self.transfer = st["transfer"].float().to(self.device) if "transfer" in st else None
+        if self.transfer is None and self.cfg.optim.shadow_samples > 0:
+            self._update_transfer()
 
     def _make_optimizer(self) -> None:
         super()._make_optimizer()
@@ -103,6 +146,7 @@ class MeshPBRMethod(MeshMethod):
             arrays.base_color = self.texture.clamp(0, 1)
             arrays.roughness_metallic = self.material.clamp(0, 1)
             arrays.roughness_factor, arrays.metallic_factor = 1.0, 1.0
+            arrays.transfer = self.transfer
         return arrays
 
     def _render(self, arrays: MeshArrays, cams, settings: RenderSettings):
@@ -115,9 +159,21 @@ class MeshPBRMethod(MeshMethod):
         else:
             shading = ShadingSettings(integrator="splitsum")  # the loop's settings may be the evaluation's MC
         settings = replace(settings, shading=shading)
+        if o.lambda_shading > 0:
+            settings = replace(settings, channels=(*settings.channels, "shading"))
         return render_mesh_arrays(arrays, cams, settings, shading="pbr", light=self.light)
 
+    def _image_regularizers(self, out, images: torch.Tensor) -> torch.Tensor:
+        o = self.cfg.optim
+        if o.lambda_shading <= 0:
+            return torch.zeros((), device=self.device)
+        return o.lambda_shading * monochrome_shading_loss(out.gbuffer["shading"], images)
+
     def step(self) -> dict:
+        o = self.cfg.optim
+        if (self.stage != GEOMETRY and o.shadow_samples > 0 and o.lr_vertices > 0
+                and self.step_index % o.transfer_every == 0):
+            self._update_transfer()  # the vertices moved: shadows follow (a function of the step: exact resume)
         stats = super().step()
         if self.stage != GEOMETRY:
             # Projected gradient steps: texels stay in the valid range (a clamp in the render alone would leave

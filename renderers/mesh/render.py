@@ -10,7 +10,7 @@ shows), composited over the background *before* antialiasing so silhouette pixel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -32,7 +32,9 @@ class MeshArrays:
     convention); vertex_colors ``[V, 3]`` linear; base_color ``[Ht, Wt, 3]`` linear texture;
     roughness_metallic ``[Ht, Wt, 2]``; color_factor ``[3]`` multiplies the base color; roughness_factor and
     metallic_factor (scalars) multiply the texture (glTF); normals ``[N, 3]`` + normal_faces ``[F, 3]``:
-    face-varying shading normals (e.g. a glTF ``NORMAL``), else area-weighted vertex normals are used.
+    face-varying shading normals (e.g. a glTF ``NORMAL``), else area-weighted vertex normals are used;
+    transfer ``[V, 17]``: per-vertex self-shadowed diffuse transfer (:mod:`recon.shading.prt`) for PBR shading
+    with the split-sum integrator.
     """
 
     vertices: Tensor
@@ -47,6 +49,7 @@ class MeshArrays:
     metallic_factor: Tensor | float = 0.0
     normals: Tensor | None = None
     normal_faces: Tensor | None = None
+    transfer: Tensor | None = None
 
 
 @dataclass
@@ -162,7 +165,10 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
     gbuffer["metallic"] = metal * _factor(mesh.metallic_factor, metal) * cov_f
 
     if pbr:
-        lin = _shade_pbr(mesh, rast, normal, face_normal, gbuffer, cams, settings, light)
+        lin, demod = _shade_pbr(mesh, rast, normal, face_normal, gbuffer, cams, settings, light,
+                                demodulated="shading" in channels)
+        if demod is not None:
+            gbuffer["shading"] = demod
     elif shading == "headlight":
         world = interpolate(verts, rast, faces, backend=be)[0]
         view = world - cams.centers()[:, None, None, :]
@@ -184,8 +190,10 @@ def _factor(value, like: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-def _shade_pbr(mesh: MeshArrays, rast, normal, face_normal, gbuffer, cams, settings, light) -> Tensor:
-    """Deferred PBR shading of the covered pixels: linear radiance ``[C, H, W, 3]`` (0 where empty).
+def _shade_pbr(mesh: MeshArrays, rast, normal, face_normal, gbuffer, cams, settings, light,
+               demodulated: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Deferred PBR shading of the covered pixels: linear radiance ``[C, H, W, 3]`` (0 where empty) and, with
+    ``demodulated``, the same shading of a base color of 1 (else None).
 
     The Monte Carlo integrator gets a :class:`~recon.renderers.mesh.material.MeshTracer` of ``mesh``: shadow
     rays, and the material at secondary hits for ``settings.shading.indirect``.
@@ -205,9 +213,12 @@ def _shade_pbr(mesh: MeshArrays, rast, normal, face_normal, gbuffer, cams, setti
     def pick(x: Tensor) -> Tensor:
         return x.reshape(-1, x.shape[-1])[flat]
 
+    transfer = None
+    if mesh.transfer is not None and settings.shading.integrator == "splitsum":
+        transfer = pick(interpolate(mesh.transfer.to(verts), rast, faces, backend=settings.backend)[0])
     gb = GBuffer(position=world, normal=pick(normal), geo_normal=pick(face_normal).detach(), view=view,
                  base_color=pick(gbuffer["albedo"]), roughness=pick(gbuffer["roughness"]),
-                 metallic=pick(gbuffer["metallic"]))
+                 metallic=pick(gbuffer["metallic"]), transfer=transfer)
     tracer = None
     if settings.shading.integrator == "mc" and settings.shading.shadows:
         from recon.renderers.mesh.material import MeshTracer
@@ -215,8 +226,15 @@ def _shade_pbr(mesh: MeshArrays, rast, normal, face_normal, gbuffer, cams, setti
         tex_backend = settings.backend if settings.backend in ("auto", "torch", "cpu", "nvdiffrast") else "auto"
         tracer = MeshTracer(mesh, backend=_caster_backend(verts), texture_backend=tex_backend)
     radiance = shade(gb, light, settings.shading, caster=tracer)
-    out = radiance.new_zeros(C * H * W, 3).index_copy(0, flat, radiance)
-    return out.reshape(C, H, W, 3)
+
+    def scatter(values: Tensor) -> Tensor:
+        return values.new_zeros(C * H * W, 3).index_copy(0, flat, values).reshape(C, H, W, 3)
+
+    demod = None
+    if demodulated:
+        white = replace(gb, base_color=torch.ones_like(gb.base_color))
+        demod = scatter(shade(white, light, settings.shading, caster=tracer))
+    return scatter(radiance), demod
 
 
 def _caster_backend(verts: Tensor) -> str:

@@ -1,0 +1,123 @@
+"""Precomputed diffuse transfer: self-shadowed diffuse light for the split-sum integrator.
+
+Split-sum shades every point as if nothing occluded its view of the environment, so a trainer that uses it must
+paint self-shadowing into the base color. The diffuse transfer of a surface point (Sloan et al. 2002) is the
+spherical-harmonic projection of ``V(w) max(0, n.w)``, its visibility times the cosine lobe; with the light's
+projection ``L_lm`` the shadowed irradiance is the dot product ``E = sum_lm T_lm L_lm``. The transfer depends on
+geometry only (shadow rays through the mesh BVH, ``RayCaster.any_hit``); the light's projection is a linear,
+differentiable function of its texels, so a learned light gets gradients through shadowed irradiance at the cost
+of a ``[P, 16] x [16, 3]`` product per step.
+
+Conventions: real spherical harmonics up to band 3 (16 coefficients, orthonormal on the sphere), world
+directions (+Z up, the env-map convention of docs/inverse_rendering.md). The transfer stores one more channel,
+the cosine-weighted visible fraction (ambient occlusion), which :func:`~recon.shading.splitsum.shade_splitsum`
+uses as the specular occlusion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["SH_BANDS", "SH_COEFFS", "TRANSFER_CHANNELS", "diffuse_transfer", "light_sh", "sh_basis"]
+
+SH_BANDS = 3
+SH_COEFFS = (SH_BANDS + 1) ** 2
+TRANSFER_CHANNELS = SH_COEFFS + 1  # the SH transfer, then the ambient occlusion
+
+
+def sh_basis(d: Tensor) -> Tensor:
+    """Real orthonormal spherical harmonics ``Y_lm`` of unit directions ``d [..., 3]`` for bands 0..3 ->
+    ``[..., 16]``, ordered ``l = 0..3, m = -l..l``."""
+    x, y, z = d[..., 0], d[..., 1], d[..., 2]
+    x2, y2, z2 = x * x, y * y, z * z
+    c0 = 0.5 / math.sqrt(math.pi)
+    c1 = math.sqrt(3.0 / (4.0 * math.pi))
+    c2a = 0.5 * math.sqrt(15.0 / math.pi)
+    c2b = 0.25 * math.sqrt(5.0 / math.pi)
+    c2c = 0.25 * math.sqrt(15.0 / math.pi)
+    c3a = 0.25 * math.sqrt(35.0 / (2.0 * math.pi))
+    c3b = 0.5 * math.sqrt(105.0 / math.pi)
+    c3c = 0.25 * math.sqrt(21.0 / (2.0 * math.pi))
+    c3d = 0.25 * math.sqrt(7.0 / math.pi)
+    c3e = 0.25 * math.sqrt(105.0 / math.pi)
+    return torch.stack([
+        torch.full_like(x, c0),
+        c1 * y, c1 * z, c1 * x,
+        c2a * x * y, c2a * y * z, c2b * (3 * z2 - 1), c2a * x * z, c2c * (x2 - y2),
+        c3a * y * (3 * x2 - y2), c3b * x * y * z, c3c * y * (5 * z2 - 1), c3d * z * (5 * z2 - 3),
+        c3c * x * (5 * z2 - 1), c3e * z * (x2 - y2), c3a * x * (x2 - 3 * y2),
+    ], dim=-1)
+
+
+def light_sh(light) -> Tensor:
+    """SH projection ``[16, 3]`` of an :class:`~recon.shading.envmap.EnvLight` (its rotation included), in world
+    directions: the solid-angle-weighted sum over texel centers; differentiable w.r.t. the light's texels."""
+    from recon.shading.envmap import _texel_dirs, rotate_z
+
+    radiance = light.radiance()
+    H = radiance.shape[0]
+    dirs = rotate_z(_texel_dirs(H, radiance.dtype, radiance.device), float(getattr(light, "rotation_deg", 0.0)))
+    cos = torch.cos(torch.arange(H + 1, dtype=radiance.dtype, device=radiance.device) * (math.pi / H))
+    d_omega = ((cos[:-1] - cos[1:]) * (2 * math.pi / (2 * H)))[:, None, None]  # exact texel solid angles
+    basis = sh_basis(dirs) * d_omega  # [H, 2H, 16]
+    return basis.reshape(-1, SH_COEFFS).T @ radiance.reshape(-1, 3)
+
+
+def _sample_pattern(samples: int, seed: int, dtype) -> Tensor:
+    """``[samples, 2]`` stratified points of the unit square (jittered grid, fixed by ``seed``)."""
+    side = max(1, int(math.ceil(math.sqrt(samples))))
+    g = torch.Generator().manual_seed(seed)
+    i = torch.arange(side * side)
+    cells = torch.stack([(i % side).to(dtype), (i // side).to(dtype)], -1)
+    pts = (cells + torch.rand(side * side, 2, generator=g, dtype=dtype)) / side
+    return pts[torch.randperm(side * side, generator=g)[:samples]]
+
+
+@torch.no_grad()
+def diffuse_transfer(points: Tensor, normals: Tensor, caster, samples: int = 64, seed: int = 0,
+                     offset: float = 1e-4, chunk: int = 8192) -> Tensor:
+    """Self-shadowed diffuse transfer of surface points -> ``[P, 17]``: the 16 SH coefficients of
+    ``V(w) max(0, n.w)`` (so that ``E = T[:, :16] @ light_sh(light)`` is the shadowed irradiance) and the
+    cosine-weighted visible fraction.
+
+    Monte Carlo with ``samples`` cosine-distributed directions per point (a stratified pattern, randomly rotated
+    about the normal per point, fixed by ``seed``); ``caster.any_hit`` decides visibility, rays start ``offset``
+    times the scene's extent off the surface along the normal.
+
+    Args:
+        points, normals: ``[P, 3]`` world positions and unit normals (e.g. a mesh's vertices and vertex normals).
+        caster: a :class:`~recon.renderers.mesh.RayCaster` (anything with ``any_hit(origins, dirs, tmin, tmax)``).
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    dtype, dev = torch.float32, points.device
+    pts, nrm = points.detach().to(dtype), normals.detach().to(dtype)
+    extent = float((pts.max(0).values - pts.min(0).values).max()) if len(pts) else 1.0
+    pattern = _sample_pattern(samples, seed, dtype).to(dev)
+    r, phi0 = torch.sqrt(pattern[:, 0]), 2 * math.pi * pattern[:, 1]
+    g = torch.Generator().manual_seed(seed + 1)
+    spin = (2 * math.pi * torch.rand(len(pts), generator=g, dtype=dtype)).to(dev)
+    out = torch.zeros(len(pts), TRANSFER_CHANNELS, dtype=dtype, device=dev)
+    for s in range(0, len(pts), chunk):
+        n = nrm[s:s + chunk]
+        # An orthonormal frame around each normal (Duff et al. 2017, branchless).
+        sign = torch.where(n[:, 2] >= 0, 1.0, -1.0)
+        a = -1.0 / (sign + n[:, 2])
+        b = n[:, 0] * n[:, 1] * a
+        t1 = torch.stack([1 + sign * n[:, 0] ** 2 * a, sign * b, -sign * n[:, 0]], -1)
+        t2 = torch.stack([b, sign + n[:, 1] ** 2 * a, -n[:, 1]], -1)
+        phi = phi0[None, :] + spin[s:s + chunk, None]  # [p, S]
+        lx, ly = r[None, :] * torch.cos(phi), r[None, :] * torch.sin(phi)
+        lz = torch.sqrt((1 - r * r).clamp_min(0))[None, :].expand_as(lx)
+        dirs = lx[..., None] * t1[:, None] + ly[..., None] * t2[:, None] + lz[..., None] * n[:, None]
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        origins = (pts[s:s + chunk] + offset * extent * n)[:, None].expand_as(dirs)
+        hit = caster.any_hit(origins.reshape(-1, 3), dirs.reshape(-1, 3), 0.0, math.inf).reshape(dirs.shape[:2])
+        vis = (~hit).to(dtype)  # [p, S]
+        # Cosine-weighted samples (pdf cos / pi): the integral of V cos Y is pi * mean(V Y).
+        out[s:s + chunk, :SH_COEFFS] = math.pi * (vis[..., None] * sh_basis(dirs)).mean(1)
+        out[s:s + chunk, SH_COEFFS] = vis.mean(1)
+    return out
