@@ -48,7 +48,8 @@ class SourceArgs:
     """Torch device."""
     integrator: Literal["auto", "splitsum", "mc"] = "auto"
     """Shading of relightable scenes: "splitsum" (fast, no shadows), "mc" (Monte Carlo with shadow rays);
-    "auto": mc for relight, the run's training integrator (splitsum) otherwise."""
+    "auto": mc for relight and for runs whose training explained self-shadowing (mesh-pbr's shadow_samples or
+    mc_steps, as their own evaluation does), splitsum otherwise."""
     spp: int = 64
     """Monte Carlo samples per pixel and strategy (light, BRDF)."""
     supersample: int = 1
@@ -269,6 +270,13 @@ def _state_kind(state) -> str | None:
         return None
 
 
+def _run_integrator(cfg) -> str:
+    """The integrator a run's own evaluation shades with: mc when training explained self-shadowing."""
+    from recon.train.mesh_pbr import explains_shadows
+
+    return "mc" if cfg is not None and explains_shadows(cfg) else "splitsum"
+
+
 def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "splitsum"):
     from recon.renderers import RenderSettings, ShadingSettings
 
@@ -288,7 +296,7 @@ def cmd_eval(args: list[str]) -> int:
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
     from recon.evaluate import alpha_is_mask
 
-    summary = evaluate_split(scene, data.test, bg, _settings(a, bg),
+    summary = evaluate_split(scene, data.test, bg, _settings(a, bg, _run_integrator(cfg)),
                              mask=alpha_is_mask(cfg.alpha_mode if cfg else "auto", data.format))
     from recon.scenes.lit import LitScene
 
@@ -418,11 +426,11 @@ def cmd_render(args: list[str]) -> int:
     if a.frames < 1 or a.fps < 1:
         raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
     channels = _parse_channels(a.channels)
-    scene, data, run_dir, _ = _load_source(a, need_data=True)
+    scene, data, run_dir, cfg = _load_source(a, need_data=True)
     cams, names = _camera_path(a, data)
     out_dir = a.out or ((run_dir / "renders" / a.path) if run_dir else Path("renders") / a.path)
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
-    frames = _write_frames(scene, cams, names, _settings(a, bg), channels, out_dir)
+    frames = _write_frames(scene, cams, names, _settings(a, bg, _run_integrator(cfg)), channels, out_dir)
     print(f"recon render: wrote {len(names)} frames to {out_dir}")
     if a.path == "orbit":
         _write_video(out_dir / "orbit.mp4", frames, a.fps)

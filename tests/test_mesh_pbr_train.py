@@ -22,7 +22,7 @@ from recon.train.checkpoint import load_checkpoint
 # 20 iso-surface + 20 material steps at 64x64: about half a minute of training on 2 cores.
 TINY = ["--downscale", "4", "--max-steps", "40", "--optim.geometry-steps", "20", "--model.grid-resolution", "24",
         "--model.texture-size", "64", "--model.light-height", "8", "--relight-spp", "2", "--no-progress",
-        "--checkpoint-every", "20"]
+        "--checkpoint-every", "20", "--optim.transfer-every", "15"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_train_mesh_pbr_writes_run_and_inverse_rendering_metrics(pbr_run):
     assert set(ir["relight"]) == {"pisa", "doge2"}
     for env, entry in ir["relight"].items():
         assert math.isfinite(entry["psnr"]) and math.isfinite(entry["psnr_full"]), (env, entry)
-    assert ir["relight_integrator"] == {"integrator": "mc", "spp": 2, "supersample": 1}
+    assert ir["relight_integrator"] == {"integrator": "mc", "spp": 2, "supersample": 2}
     # Loose sanity after 40 steps (measured: albedo 16.0 dB, roughness MAE 0.13 (starts at |0.6 - 0.5|),
     # normals 14.7 degrees, relighting 13.8 dB over the object).
     assert ir["albedo_psnr"] > 12 and ir["roughness_mae"] < 0.2 and ir["normal_mae_deg"] < 30
@@ -230,6 +230,10 @@ def test_mesh_pbr_from_the_ground_truth_mesh(bob, tmp_path, capsys):
                  "--model.init-mesh", str(gt)]) == 1
     err = capsys.readouterr().err
     assert "'model.init_mesh'" in err and "needs optim.geometry_steps 0, got 600" in err, err
+    assert main(["train", "mesh-pbr", "--data", str(bob), "--output", str(tmp_path / "bad2"),
+                 "--optim.geometry-steps", "0", "--model.init-mesh", str(tmp_path / "missing.glb")]) == 1
+    err = capsys.readouterr().err
+    assert "'model.init_mesh' must be an existing mesh file" in err and "missing.glb" in err, err
 
 
 @pytest.mark.parametrize("integrator", ["splitsum", "mc"])

@@ -78,14 +78,15 @@ def _sample_pattern(samples: int, seed: int, dtype) -> Tensor:
 
 @torch.no_grad()
 def diffuse_transfer(points: Tensor, normals: Tensor, caster, samples: int = 64, seed: int = 0,
-                     offset: float = 1e-4, chunk: int = 8192) -> Tensor:
+                     offset: float = 1e-4, scale: float | None = None, chunk: int = 8192) -> Tensor:
     """Self-shadowed diffuse transfer of surface points -> ``[P, 17]``: the 16 SH coefficients of
     ``V(w) max(0, n.w)`` (so that ``E = T[:, :16] @ light_sh(light)`` is the shadowed irradiance) and the
     cosine-weighted visible fraction.
 
     Monte Carlo with ``samples`` cosine-distributed directions per point (a stratified pattern, randomly rotated
     about the normal per point, fixed by ``seed``); ``caster.any_hit`` decides visibility, rays start ``offset``
-    times the scene's extent off the surface along the normal.
+    times ``scale`` (the scene's extent; default: the extent of ``points``, 1 if they span nothing) off the
+    surface along the normal.
 
     Args:
         points, normals: ``[P, 3]`` world positions and unit normals (e.g. a mesh's vertices and vertex normals).
@@ -95,7 +96,9 @@ def diffuse_transfer(points: Tensor, normals: Tensor, caster, samples: int = 64,
         raise ValueError(f"samples must be >= 1, got {samples}")
     dtype, dev = torch.float32, points.device
     pts, nrm = points.detach().to(dtype), normals.detach().to(dtype)
-    extent = float((pts.max(0).values - pts.min(0).values).max()) if len(pts) else 1.0
+    extent = float(scale) if scale is not None else (
+        float((pts.max(0).values - pts.min(0).values).max()) if len(pts) else 0.0)
+    extent = extent if extent > 0 else 1.0
     pattern = _sample_pattern(samples, seed, dtype).to(dev)
     r, phi0 = torch.sqrt(pattern[:, 0]), 2 * math.pi * pattern[:, 1]
     g = torch.Generator().manual_seed(seed + 1)

@@ -332,8 +332,11 @@ class MeshMethod(Method):
             with torch.no_grad():
                 verts, faces, colors = self.grid.extract()
         if len(faces) == 0:
-            raise TrainingError("the iso-surface is empty: nothing to texture (check the masks / model.init)")
-        verts, faces_c, kept = keep_large_components(verts.cpu(), faces.cpu(), m.min_component_faces)
+            raise TrainingError(f"the {'mesh of model.init_mesh' if m.init_mesh else 'iso-surface'} is empty: "
+                                "nothing to texture (check the masks / model.init)")
+        # A given mesh keeps all its parts; an iso-surface loses its floaters.
+        min_faces = 0 if m.init_mesh is not None else m.min_component_faces
+        verts, faces_c, kept = keep_large_components(verts.cpu(), faces.cpu(), min_faces)
         if m.cull_hidden:
             # Faces no training camera sees (walls of pockets inside the object that the photometric loss never
             # reaches) only add error: bob_field's stage-1 surface had 24 % of them in regions of 20 faces or
@@ -341,7 +344,7 @@ class MeshMethod(Method):
             seen = visible_faces(verts, faces_c, self.data.train.cameras)
             if seen.any():
                 keep = ~hidden_regions(faces_c, seen)
-                verts, faces_c, kept2 = keep_large_components(verts, faces_c[keep], m.min_component_faces)
+                verts, faces_c, kept2 = keep_large_components(verts, faces_c[keep], min_faces)
                 kept = kept[kept2]
         if m.smooth_iterations > 0:
             verts = taubin_smooth(verts, faces_c, m.smooth_iterations)

@@ -17,6 +17,7 @@ and exports work on the run directly.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +30,14 @@ from recon.scenes.mesh import MeshMaterial, MeshScene
 from recon.shading.envmap import EnvLight
 from recon.train.mesh import GEOMETRY, MeshMethod
 
-__all__ = ["MeshPBRMethod", "light_white_prior", "monochrome_shading_loss", "total_variation"]
+__all__ = ["MeshPBRMethod", "explains_shadows", "light_white_prior", "monochrome_shading_loss", "total_variation"]
+
+
+def explains_shadows(cfg) -> bool:
+    """Whether a run config's training explained self-shadowing by its geometry (``optim.shadow_samples`` or
+    ``optim.mc_steps``); its evaluation then shades with the Monte Carlo integrator."""
+    optim = getattr(cfg, "optim", None)
+    return getattr(optim, "shadow_samples", 0) > 0 or getattr(optim, "mc_steps", 0) > 0
 
 
 def total_variation(tex: torch.Tensor) -> torch.Tensor:
@@ -65,10 +73,11 @@ class MeshPBRMethod(MeshMethod):
 
     def render_settings(self) -> RenderSettings:
         # Evaluation shades like training: with self-shadowing (shadow_samples or mc_steps) the Monte Carlo
-        # integrator (16 spp, shadow rays), else split-sum.
-        o = self.cfg.optim
-        shading = (ShadingSettings(integrator="mc", spp=16) if o.mc_steps > 0 or o.shadow_samples > 0
-                   else ShadingSettings(integrator="splitsum"))
+        # integrator (16 samples per pixel, shadow rays), else split-sum; eval_supersample x eval_supersample
+        # sub-pixels under the datasets' Gaussian pixel filter.
+        ss = self.cfg.eval_supersample
+        shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss)
+                   if explains_shadows(self.cfg) else ShadingSettings(integrator="splitsum", supersample=ss))
         return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading)
 
     # --- material stage state ------------------------------------------------------------------------------
@@ -100,6 +109,9 @@ class MeshPBRMethod(MeshMethod):
         verts = (self.base_vertices + self.offsets).detach().float().cpu()
         faces = self.faces.cpu()
         caster = RayCaster(verts.contiguous(), faces)
+        if caster.backend != "cpu":
+            print("recon: warning: the C++ BVH is unavailable; the self-shadowing transfer uses the brute-force "
+                  "ray caster (slow for large meshes; --optim.shadow-samples 0 turns it off)", file=sys.stderr)
         t = diffuse_transfer(verts, vertex_normals(verts, faces), caster, samples=o.shadow_samples,
                              seed=self.cfg.seed)
         self.transfer = t.to(self.device)
@@ -121,9 +133,12 @@ class MeshPBRMethod(MeshMethod):
         except KeyError as err:
             raise ValueError(f"{source}: mesh-pbr checkpoint lacks {err}") from err
         self.light.log_radiance.requires_grad_(True)
-        self.transfer = st["transfer"].float().to(self.device) if "transfer" in st else None
-        if self.transfer is None and self.cfg.optim.shadow_samples > 0:
-            self._update_transfer()
+        self.transfer = None
+        if self.cfg.optim.shadow_samples > 0:
+            if "transfer" in st:
+                self.transfer = st["transfer"].float().to(self.device)
+            else:  # a checkpoint from before self-shadowing: compute it for the current vertices
+                self._update_transfer()
 
     def _make_optimizer(self) -> None:
         super()._make_optimizer()
@@ -167,11 +182,15 @@ class MeshPBRMethod(MeshMethod):
         o = self.cfg.optim
         if o.lambda_shading <= 0:
             return torch.zeros((), device=self.device)
-        return o.lambda_shading * monochrome_shading_loss(out.gbuffer["shading"], images)
+        # On the object only: in photo mode the images' alpha marks valid pixels, not coverage.
+        covered = images[..., 3:] * out.alpha.detach()
+        return o.lambda_shading * monochrome_shading_loss(out.gbuffer["shading"],
+                                                          torch.cat([images[..., :3], covered], -1))
 
     def step(self) -> dict:
         o = self.cfg.optim
-        if (self.stage != GEOMETRY and o.shadow_samples > 0 and o.lr_vertices > 0
+        in_mc_tail = o.mc_steps > 0 and self.step_index > self.cfg.max_steps - o.mc_steps
+        if (self.stage != GEOMETRY and o.shadow_samples > 0 and o.lr_vertices > 0 and not in_mc_tail
                 and self.step_index % o.transfer_every == 0):
             self._update_transfer()  # the vertices moved: shadows follow (a function of the step: exact resume)
         stats = super().step()
@@ -213,7 +232,8 @@ class MeshPBRMethod(MeshMethod):
         from recon.evaluate_pbr import evaluate_inverse_rendering
 
         ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
-                                        spp=self.cfg.relight_spp, seed=self.cfg.seed)
+                                        spp=self.cfg.relight_spp, supersample=self.cfg.eval_supersample,
+                                        seed=self.cfg.seed)
         if ir is not None:
             summary["inverse_rendering"] = ir
 
