@@ -94,6 +94,7 @@ def plot(results: list[dict], path: Path) -> None:
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[1].set_title("errors at the end (lower is better)")
+    axes[1].tick_params(axis="x", labelsize=7, labelrotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"bench: wrote {path}")
