@@ -223,13 +223,9 @@ TEXTURE_SIZE = 1024
 
 def _clip_positions(v, cams):
     """World vertices [V, 3] -> clip-space positions [C, V, 4] (near / far enclose the mesh in every view)."""
-    import torch
+    from recon.renderers.mesh.render import clip_positions
 
-    from recon.renderers.mesh.render import clip_planes
-
-    near, far = clip_planes(v.detach(), cams)
-    clip = cams.clip_matrices(near, far).to(v.dtype)
-    return torch.einsum("cij,vj->cvi", clip, torch.cat([v, torch.ones_like(v[:, :1])], -1)).contiguous()
+    return clip_positions(v, cams)
 
 
 def _sources_sha1(family: str) -> str:

@@ -19,6 +19,16 @@ def _view(theta_deg: float) -> torch.Tensor:
     return torch.tensor([math.sin(t), 0.0, math.cos(t)], dtype=F64)
 
 
+def _axis_frame(axis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Orthonormal ``(t, b, a)`` with ``a`` along ``axis`` (float64)."""
+    a = axis / axis.norm()
+    helper = torch.tensor([1.0, 0.0, 0.0], dtype=F64) if abs(float(a[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0],
+                                                                                                    dtype=F64)
+    t = torch.linalg.cross(helper, a, dim=-1)
+    t = t / t.norm()
+    return t, torch.linalg.cross(a, t, dim=-1), a
+
+
 def _polar_quadrature(axis: torch.Tensor, n_s: int = 500, n_phi: int = 256):
     """Directions over the whole sphere and their solid angles, clustered around ``axis``.
 
@@ -31,12 +41,7 @@ def _polar_quadrature(axis: torch.Tensor, n_s: int = 500, n_phi: int = 256):
     th, ph = torch.meshgrid(theta, phi, indexing="ij")
     local = torch.stack([th.sin() * ph.cos(), th.sin() * ph.sin(), th.cos()], -1).reshape(-1, 3)
     w = (torch.sin(th) * (2 * math.pi * s[:, None] / n_s) * (2 * math.pi / n_phi)).reshape(-1)
-    a = axis / axis.norm()
-    helper = torch.tensor([1.0, 0.0, 0.0], dtype=F64) if abs(float(a[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0],
-                                                                                                    dtype=F64)
-    t = torch.linalg.cross(helper, a, dim=-1)
-    t = t / t.norm()
-    b = torch.linalg.cross(a, t, dim=-1)
+    t, b, a = _axis_frame(axis)
     return local[:, :1] * t + local[:, 1:2] * b + local[:, 2:] * a, w
 
 
@@ -114,12 +119,7 @@ def _histogram_check(samples: torch.Tensor, pdf_fn, axis: torch.Tensor, n_bins: 
     """Largest |empirical - predicted| bin probability over (s, phi) bins of the polar grid around ``axis``."""
     dirs, w = _polar_quadrature(axis, n_s=400, n_phi=256)
     predicted = (pdf_fn(dirs) * w).reshape(n_bins, 400 // n_bins, n_bins, 256 // n_bins).sum((1, 3))
-    a = axis / axis.norm()
-    helper = torch.tensor([1.0, 0.0, 0.0], dtype=F64) if abs(float(a[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0],
-                                                                                                    dtype=F64)
-    t = torch.linalg.cross(helper, a, dim=-1)
-    t = t / t.norm()
-    b = torch.linalg.cross(a, t, dim=-1)
+    t, b, a = _axis_frame(axis)
     cos_t = (samples @ a).clamp(-1, 1)
     s = torch.sqrt(torch.acos(cos_t) / math.pi)
     phi = torch.atan2(samples @ b, samples @ t) % (2 * math.pi)

@@ -46,8 +46,9 @@ def test_sh_basis_is_orthonormal_on_the_sphere():
 
 
 def test_unshadowed_transfer_matches_the_irradiance_map():
-    """With nothing in the way, T . L_sh / pi is the split-sum irradiance map (measured 1.1 % mean difference
-    on the shared field map; bands 0..3 carry all of the cosine lobe but a few per mille), rotation included."""
+    """With nothing in the way, T . L_sh / pi is the split-sum irradiance map (measured 0.31 % mean difference on
+    this sky, 1.1 % on the shared field map; bands 0..3 carry all of the cosine lobe but a few per mille), rotation
+    included."""
     light = _sky()
     n = torch.nn.functional.normalize(torch.randn(300, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
     t = diffuse_transfer(torch.zeros(300, 3), n, _Open(), samples=1024)
@@ -56,7 +57,7 @@ def test_unshadowed_transfer_matches_the_irradiance_map():
         light.rotation_deg = rot
         e = t[:, :SH_COEFFS] @ light_sh(light) / math.pi
         ref = SplitSumLight(light.radiance()).diffuse(to_light_frame(light, n))
-        assert ((e - ref).abs().mean() / ref.mean()).item() < 0.03, rot
+        assert ((e - ref).abs().mean() / ref.mean()).item() < 0.01, rot
 
 
 def _floor_and_roof():
@@ -86,7 +87,7 @@ def test_shadowed_splitsum_matches_monte_carlo_under_a_roof():
     open_sky = shade(GBuffer(**{**gb.__dict__, "transfer": None}), light, ShadingSettings(integrator="splitsum"))
     assert (mc < 0.7 * open_sky).all()
     rel = ((prt - mc).abs() / mc).mean().item()
-    assert rel < 0.06, rel
+    assert rel < 0.02, rel
 
 
 def test_transfer_shading_gradients_reach_the_light():

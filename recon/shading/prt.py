@@ -21,6 +21,8 @@ import math
 import torch
 from torch import Tensor
 
+from recon.shading.brdf import _frame
+
 __all__ = ["SH_BANDS", "SH_COEFFS", "TRANSFER_CHANNELS", "diffuse_transfer", "light_sh", "sh_basis"]
 
 SH_BANDS = 3
@@ -56,12 +58,13 @@ def light_sh(light) -> Tensor:
     """SH projection ``[16, 3]`` of an :class:`~recon.shading.envmap.EnvLight` (its rotation included), in world
     directions: the solid-angle-weighted sum over texel centers; differentiable w.r.t. the light's texels."""
     from recon.shading.envmap import _texel_dirs, rotate_z
+    from recon.shading.splitsum import _band_solid_angle
 
     radiance = light.radiance()
     H = radiance.shape[0]
     dirs = rotate_z(_texel_dirs(H, radiance.dtype, radiance.device), float(getattr(light, "rotation_deg", 0.0)))
-    cos = torch.cos(torch.arange(H + 1, dtype=radiance.dtype, device=radiance.device) * (math.pi / H))
-    d_omega = ((cos[:-1] - cos[1:]) * (2 * math.pi / (2 * H)))[:, None, None]  # exact texel solid angles
+    # exact texel solid angles: the row's band per unit azimuth times the texel's azimuth span
+    d_omega = (_band_solid_angle(H, radiance.dtype, radiance.device) * (math.pi / H))[:, None, None]
     basis = sh_basis(dirs) * d_omega  # [H, 2H, 16]
     return basis.reshape(-1, SH_COEFFS).T @ radiance.reshape(-1, 3)
 
@@ -106,12 +109,7 @@ def diffuse_transfer(points: Tensor, normals: Tensor, caster, samples: int = 64,
     out = torch.zeros(len(pts), TRANSFER_CHANNELS, dtype=dtype, device=dev)
     for s in range(0, len(pts), chunk):
         n = nrm[s:s + chunk]
-        # An orthonormal frame around each normal (Duff et al. 2017, branchless).
-        sign = torch.where(n[:, 2] >= 0, 1.0, -1.0)
-        a = -1.0 / (sign + n[:, 2])
-        b = n[:, 0] * n[:, 1] * a
-        t1 = torch.stack([1 + sign * n[:, 0] ** 2 * a, sign * b, -sign * n[:, 0]], -1)
-        t2 = torch.stack([b, sign + n[:, 1] ** 2 * a, -n[:, 1]], -1)
+        t1, t2 = _frame(n)
         phi = phi0[None, :] + spin[s:s + chunk, None]  # [p, S]
         lx, ly = r[None, :] * torch.cos(phi), r[None, :] * torch.sin(phi)
         lz = torch.sqrt((1 - r * r).clamp_min(0))[None, :].expand_as(lx)

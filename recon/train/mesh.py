@@ -103,17 +103,22 @@ def sdf_sign_loss(grid: TetGrid) -> torch.Tensor:
                   + F.binary_cross_entropy_with_logits(sb, (sa >= 0).float()))
 
 
-def keep_large_components(verts: torch.Tensor, faces: torch.Tensor, min_faces: int):
-    """Drop connected components with fewer than ``min_faces`` faces (the largest one is always kept).
-    Returns ``(vertices [V', 3], faces [F', 3], kept [V'])`` where ``kept`` indexes the input vertices."""
+def _component_labels(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``[n]`` connected-component label of each of ``n`` nodes linked by the (undirected) pairs rows-cols."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def keep_large_components(verts: torch.Tensor, faces: torch.Tensor, min_faces: int):
+    """Drop connected components with fewer than ``min_faces`` faces (the largest one is always kept).
+    Returns ``(vertices [V', 3], faces [F', 3], kept [V'])`` where ``kept`` indexes the input vertices."""
     f = faces.cpu().numpy()
     n = len(verts)
-    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
-    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
-    _, label = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
+    label = _component_labels(n, np.concatenate([f[:, 0], f[:, 1], f[:, 2]]),
+                              np.concatenate([f[:, 1], f[:, 2], f[:, 0]]))
     face_label = label[f[:, 0]]
     counts = np.bincount(face_label)
     keep_f = counts[face_label] >= min(min_faces, counts.max())
@@ -131,19 +136,16 @@ def visible_faces(verts: torch.Tensor, faces: torch.Tensor, cameras, supersample
     """``[F]`` bool: faces that cover at least one sample of at least one camera (rasterized at ``supersample``
     times the camera resolution, so that faces smaller than a pixel are still found)."""
     from recon.renderers.mesh.rasterize import rasterize
-    from recon.renderers.mesh.render import clip_planes
+    from recon.renderers.mesh.render import clip_positions
 
     seen = torch.zeros(len(faces), dtype=torch.bool)
     v = verts.detach().float().cpu()
     tri = faces.cpu().to(torch.int32)
     cams = cameras.to(device="cpu", dtype=torch.float32)
     cams = cams.scaled(supersample) if supersample != 1 else cams
-    hom = torch.cat([v, torch.ones_like(v[:, :1])], -1)
     for start in range(0, len(cams), batch):
         cc = cams[list(range(start, min(start + batch, len(cams))))]
-        near, far = clip_planes(v, cc)
-        pos = torch.einsum("cij,vj->cvi", cc.clip_matrices(near, far), hom).contiguous()
-        rast, _ = rasterize(pos, tri, (cc.height, cc.width), grad_db=False, backend="auto")
+        rast, _ = rasterize(clip_positions(v, cc), tri, (cc.height, cc.width), grad_db=False, backend="auto")
         ids = rast[..., 3].reshape(-1).long()
         seen[ids[ids > 0] - 1] = True
     return seen
@@ -153,16 +155,11 @@ def hidden_regions(faces: torch.Tensor, seen: torch.Tensor, min_faces: int = 20)
     """``[F]`` bool: the faces to cull, the unseen faces (``~seen``) in edge-connected regions of at least
     ``min_faces`` unseen faces. Smaller unseen regions are slivers between seen faces that no sample happened to
     hit; cutting them out would open pinholes that smoothing widens."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     hidden = ~seen.cpu()
     _, pairs = mesh_adjacency(faces.cpu())
     pairs = pairs[hidden[pairs[:, 0]] & hidden[pairs[:, 1]]].numpy()
     n = len(faces)
-    _, label = connected_components(coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)),
-                                    directed=False)
-    label = torch.as_tensor(label)
+    label = torch.as_tensor(_component_labels(n, pairs[:, 0], pairs[:, 1]))
     size = torch.bincount(label[hidden], minlength=n)
     return hidden & (size[label] >= min_faces)
 
@@ -340,7 +337,7 @@ class MeshMethod(Method):
         if m.cull_hidden:
             # Faces no training camera sees (walls of pockets inside the object that the photometric loss never
             # reaches) only add error: bob_field's stage-1 surface had 24 % of them in regions of 20 faces or
-            # more (chamfer 0.0149 -> 0.0095; test-view coverage unchanged to 4e-6).
+            # more (bench/train.py chamfer 0.0124 -> 0.0092, docs/mesh.md).
             seen = visible_faces(verts, faces_c, self.data.train.cameras)
             if seen.any():
                 keep = ~hidden_regions(faces_c, seen)

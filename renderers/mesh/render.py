@@ -84,6 +84,16 @@ def clip_planes(vertices: Tensor, cameras: Cameras) -> tuple[float, float]:
     return near, far
 
 
+def clip_positions(vertices: Tensor, cameras: Cameras, near: float | None = None,
+                   far: float | None = None) -> Tensor:
+    """World vertices ``[V, 3]`` -> clip-space positions ``[C, V, 4]`` for :func:`rasterize`; near / far default
+    to :func:`clip_planes` (enclosing the mesh in every view). Differentiable w.r.t. ``vertices``."""
+    auto_near, auto_far = clip_planes(vertices, cameras)
+    clip_m = cameras.clip_matrices(auto_near if near is None else near, auto_far if far is None else far)
+    hom = torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1)
+    return torch.einsum("cij,vj->cvi", clip_m.to(vertices.dtype), hom).contiguous()
+
+
 def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSettings,
                        shading: str = "unlit", light=None) -> RenderOutput:
     """Render ``mesh`` into every camera: rgb/alpha ``[C, H, W, *]``, depth and normal when
@@ -113,11 +123,7 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
         return RenderOutput(rgb=bg.expand(C, H, W, 3).clone(), alpha=empty, depth=empty.clone(),
                             normal=torch.zeros(C, H, W, 3, device=device),
                             gbuffer={"albedo": torch.zeros(C, H, W, 3, device=device)})
-    near, far = clip_planes(verts, cams)
-    near = ms.near if ms.near is not None else near
-    far = ms.far if ms.far is not None else far
-    clip_m = cams.clip_matrices(near, far)
-    pos = torch.einsum("cij,vj->cvi", clip_m, torch.cat([verts, torch.ones_like(verts[:, :1])], -1))
+    pos = clip_positions(verts, cams, ms.near, ms.far)
     textured = mesh.base_color is not None and mesh.uvs is not None
     rast, rast_db = rasterize(pos, faces, (H, W), grad_db=textured, backend=be)
     covered = rast[..., 3:4] > 0
