@@ -54,8 +54,10 @@ class SourceArgs:
     """Monte Carlo samples per pixel and strategy (light, BRDF)."""
     supersample: int = 1
     """Shade N x N sub-pixel samples per pixel (anti-aliasing like a path tracer's pixel filter)."""
-    indirect: bool = False
-    """Monte Carlo: add one bounce of indirect light (interreflections; slower)."""
+    indirect: Literal["auto", "on", "off"] = "auto"
+    """Monte Carlo: one bounce of indirect light (interreflections; slower). "auto": on for `recon relight` and
+    for runs whose training modelled it (mesh-pbr's optim.interreflection, as their own evaluation does), off
+    otherwise."""
 
 
 @dataclass
@@ -277,13 +279,17 @@ def _run_integrator(cfg) -> str:
     return "mc" if cfg is not None and explains_shadows(cfg) else "splitsum"
 
 
-def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "splitsum"):
+def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "splitsum", cfg=None,
+              relight: bool = False):
     from recon.renderers import RenderSettings, ShadingSettings
+    from recon.train.mesh_pbr import explains_interreflection
 
     if src.spp < 1 or src.supersample < 1:
         raise ValueError(f"--spp and --supersample must be >= 1, got {src.spp} and {src.supersample}")
+    indirect = src.indirect == "on" or (src.indirect == "auto" and (
+        relight or (cfg is not None and explains_interreflection(cfg))))
     shading = ShadingSettings(integrator=integrator if src.integrator == "auto" else src.integrator, spp=src.spp,
-                              supersample=src.supersample, indirect=src.indirect)
+                              supersample=src.supersample, indirect=indirect)
     return RenderSettings(background=background, backend=src.backend, shading=shading)
 
 
@@ -296,7 +302,7 @@ def cmd_eval(args: list[str]) -> int:
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
     from recon.evaluate import alpha_is_mask
 
-    summary = evaluate_split(scene, data.test, bg, _settings(a, bg, _run_integrator(cfg)),
+    summary = evaluate_split(scene, data.test, bg, _settings(a, bg, _run_integrator(cfg), cfg),
                              mask=alpha_is_mask(cfg.alpha_mode if cfg else "auto", data.format))
     from recon.scenes.lit import LitScene
 
@@ -430,7 +436,7 @@ def cmd_render(args: list[str]) -> int:
     cams, names = _camera_path(a, data)
     out_dir = a.out or ((run_dir / "renders" / a.path) if run_dir else Path("renders") / a.path)
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
-    frames = _write_frames(scene, cams, names, _settings(a, bg, _run_integrator(cfg)), channels, out_dir)
+    frames = _write_frames(scene, cams, names, _settings(a, bg, _run_integrator(cfg), cfg), channels, out_dir)
     print(f"recon render: wrote {len(names)} frames to {out_dir}")
     if a.path == "orbit":
         _write_video(out_dir / "orbit.mp4", frames, a.fps)
@@ -461,12 +467,13 @@ def cmd_relight(args: list[str]) -> int:
     if a.frames < 1 or a.fps < 1:
         raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
     channels = _parse_channels(a.channels)
-    scene, data, run_dir, _ = _load_source(a, need_data=True)
+    scene, data, run_dir, cfg = _load_source(a, need_data=True)
     scene = relightable(scene, a.envmap, a.rotate, a.scale)
     cams, names = _camera_path(a, data)
     out_dir = a.out or ((run_dir / "relight" / a.envmap.stem) if run_dir else Path("relight") / a.envmap.stem)
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
-    frames = _write_frames(scene, cams, names, _settings(a, bg, integrator="mc"), channels, out_dir)
+    settings = _settings(a, bg, integrator="mc", cfg=cfg, relight=True)
+    frames = _write_frames(scene, cams, names, settings, channels, out_dir)
     print(f"recon relight: wrote {len(names)} frames under {a.envmap} to {out_dir}")
     if a.path == "orbit":
         _write_video(out_dir / "orbit.mp4", frames, a.fps)

@@ -47,11 +47,12 @@ def _render_views(scene, split, settings: RenderSettings, device) -> dict[str, t
 
 
 def evaluate_inverse_rendering(scene, data, background: torch.Tensor, downscale: int = 1, spp: int = 32,
-                               supersample: int = 1, seed: int = 0) -> dict | None:
+                               supersample: int = 1, seed: int = 0, indirect: bool = False) -> dict | None:
     """Albedo (aligned / unaligned), roughness, normal and relighting metrics of the LitScene ``scene`` on
     ``data``'s test split; None when the dataset carries no ground-truth G-buffers.
 
-    Relit views are rendered with the Monte Carlo integrator (``spp`` samples per strategy, shadows) under each
+    Relit views are rendered with the Monte Carlo integrator (``spp`` samples per strategy, shadows, one
+    bounce of indirect light with ``indirect``) under each
     environment of ``transforms_relight.json``, with the albedo aligned by the per-channel median scale and
     without alignment. Returns a dict for ``eval.json`` (``protocol`` states how every number is computed).
     """
@@ -71,7 +72,8 @@ def evaluate_inverse_rendering(scene, data, background: torch.Tensor, downscale:
     m = gt.mask.bool()[..., 0]
     result["metallic_mean"] = float(gbuf["metallic"][..., 0][m].mean()) if m.any() else None
     mc = RenderSettings(background=background, channels=("rgb", "alpha"),
-                        shading=ShadingSettings(integrator="mc", spp=spp, seed=seed, supersample=supersample))
+                        shading=ShadingSettings(integrator="mc", spp=spp, seed=seed, supersample=supersample,
+                                                indirect=indirect))
     relit: dict = {}
     from recon.data.io import read_image
     from recon.shading.envmap import EnvLight
@@ -92,7 +94,8 @@ def evaluate_inverse_rendering(scene, data, background: torch.Tensor, downscale:
         for key in next(iter(relit.values())):
             values = [e[key] for e in relit.values() if e[key] is not None]
             result[f"relight_{key}"] = float(np.mean(values)) if values else None
-    result["relight_integrator"] = {"integrator": "mc", "spp": spp, "supersample": supersample}
+    result["relight_integrator"] = {"integrator": "mc", "spp": spp, "supersample": supersample,
+                                    "indirect": bool(indirect)}
     return _rounded(result)
 
 

@@ -26,7 +26,9 @@ class GBuffer:
     base_color ``[P, 3]`` linear; roughness ``[P, 1]`` (glTF perceptual roughness, alpha = roughness^2);
     metallic ``[P, 1]``; transfer ``[P, 17]`` or None: the self-shadowed diffuse transfer of
     :mod:`recon.shading.prt` (split-sum then shades with shadowed irradiance and occluded specular; the Monte
-    Carlo integrator traces its own shadow rays and ignores it).
+    Carlo integrator traces its own shadow rays and ignores it); indirect ``[P, 3]`` or None: irradiance of one
+    bounce of diffuse interreflection (:func:`recon.shading.prt.bounce_irradiance`) added to the transfer's in
+    split-sum (needs ``transfer``; the Monte Carlo integrator has its own, ``ShadingSettings.indirect``).
     """
 
     position: Tensor
@@ -37,6 +39,7 @@ class GBuffer:
     roughness: Tensor
     metallic: Tensor
     transfer: Tensor | None = None
+    indirect: Tensor | None = None
 
     def __len__(self) -> int:
         return self.position.shape[0]
@@ -85,10 +88,15 @@ def shade(gb: GBuffer, light, settings, caster=None, splitsum_light=None) -> Ten
         sl = splitsum_light if splitsum_light is not None else _cached_splitsum(light, SplitSumLight)
         n, v = to_light_frame(light, gb.normal), to_light_frame(light, gb.view)
         if gb.transfer is None:
+            if gb.indirect is not None:
+                raise ValueError("GBuffer.indirect (interreflected irradiance) needs GBuffer.transfer in split-sum")
             return shade_splitsum(n, v, gb.base_color, gb.roughness, gb.metallic, sl)
         from recon.shading.prt import SH_COEFFS, light_sh
 
-        irradiance = gb.transfer[:, :SH_COEFFS] @ light_sh(light) * (1.0 / math.pi)
+        irradiance = gb.transfer[:, :SH_COEFFS] @ light_sh(light)
+        if gb.indirect is not None:
+            irradiance = irradiance + gb.indirect
+        irradiance = irradiance * (1.0 / math.pi)
         return shade_splitsum(n, v, gb.base_color, gb.roughness, gb.metallic, sl, diffuse=irradiance.clamp_min(0),
                               specular_occlusion=gb.transfer[:, SH_COEFFS:])
     if settings.integrator == "mc":

@@ -2,11 +2,14 @@
 and the environment light, from photos under one unknown environment.
 
 1. **Iso-surface stage**: exactly the topology stage of ``recon train mesh`` (radiance vertex colors, unlit).
-2. **Material stage**: the extracted, UV-mapped mesh gets a base-color texture (initialized from the stage-1
-   colors divided by the initial light), a roughness-metallic texture and a learnable equirectangular light
-   (:class:`~recon.shading.envmap.EnvLight`, positive through exp). The mesh is shaded by the shared split-sum
-   integrator (deferred: rasterize -> G-buffer -> shade) and compared with the images in sRGB (the images are
-   stored sRGB; the shading is linear and encoded once at the output, as nvdiffrec's tonemapped loss).
+2. **Material stage**: the extracted, UV-mapped mesh gets a base-color texture (one color, the mean stage-1
+   color, while the light warms up alone; ``model.init_albedo``, ``optim.light_warmup``), a roughness-metallic
+   texture and a learnable equirectangular light (:class:`~recon.shading.envmap.EnvLight`, positive through
+   exp). The mesh is shaded by the shared split-sum integrator made self-shadowing by a per-vertex transfer,
+   with one bounce of interreflection (deferred: rasterize -> G-buffer -> shade) and compared with the images
+   in sRGB (the images are stored sRGB; the shading is linear and encoded once at the output, as nvdiffrec's
+   tonemapped loss). After the last step the roughness is shifted as a whole to what Monte Carlo renders of a
+   few training views prefer (:func:`search_roughness`).
    Priors nvdiffrec(-mc) found necessary: total variation of the base-color and roughness-metallic textures,
    a neutral-white light prior, and a weak dielectric prior on metallic; vertex offsets keep the Laplacian and
    normal-consistency regularizers of the mesh trainer.
@@ -28,9 +31,11 @@ from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
 from recon.scenes.lit import LitScene
 from recon.scenes.mesh import MeshMaterial, MeshScene
 from recon.shading.envmap import EnvLight
+from recon.shading.prt import TRANSFER_CHANNELS
 from recon.train.mesh import GEOMETRY, MeshMethod
 
-__all__ = ["MeshPBRMethod", "explains_shadows", "light_white_prior", "monochrome_shading_loss", "total_variation"]
+__all__ = ["MeshPBRMethod", "explains_interreflection", "explains_shadows", "light_white_prior",
+           "monochrome_shading_loss", "search_roughness", "total_variation"]
 
 
 def explains_shadows(cfg) -> bool:
@@ -38,6 +43,13 @@ def explains_shadows(cfg) -> bool:
     ``optim.mc_steps``); its evaluation then shades with the Monte Carlo integrator."""
     optim = getattr(cfg, "optim", None)
     return getattr(optim, "shadow_samples", 0) > 0 or getattr(optim, "mc_steps", 0) > 0
+
+
+def explains_interreflection(cfg) -> bool:
+    """Whether a run config's training modelled one bounce of interreflection (``optim.interreflection`` with
+    self-shadowing); its Monte Carlo evaluation then traces the indirect bounce too."""
+    optim = getattr(cfg, "optim", None)
+    return getattr(optim, "shadow_samples", 0) > 0 and bool(getattr(optim, "interreflection", False))
 
 
 def total_variation(tex: torch.Tensor) -> torch.Tensor:
@@ -66,6 +78,64 @@ def light_white_prior(radiance: torch.Tensor) -> torch.Tensor:
     return (radiance - gray).abs().mean() / gray.mean().clamp_min(1e-6)
 
 
+def _search_downscale(size) -> int:
+    """Half resolution for the roughness search when the images are at least 128 px and of even size."""
+    h, w = int(size[0]), int(size[1])
+    return 2 if min(h, w) >= 128 and h % 2 == 0 and w % 2 == 0 else 1
+
+
+@torch.no_grad()
+def search_roughness(arrays: MeshArrays, light, cams, images: torch.Tensor, background: torch.Tensor,
+                     candidates, shading: ShadingSettings, backend: str = "auto",
+                     downscale: int = 1) -> tuple[float, dict]:
+    """Shift the roughness channel of ``arrays.roughness_metallic`` as a whole (in place) to the mean value that
+    best explains ``images [C, H, W, 4]`` (sRGB, straight alpha) seen by ``cams``: L1 over the object between
+    the images and renders shaded with ``shading`` (Monte Carlo; every candidate gets the same samples, so their
+    comparison is nearly free of noise), first at each mean in ``candidates``, then 0.05 either side of the
+    best. Returns the chosen mean and ``{mean: L1}`` of every candidate tried.
+
+    Split-sum hardly sees the roughness of a dielectric (F0 = 0.04) and is biased low where it does; Monte Carlo
+    against the path-traced images peaks at the true roughness (docs/inverse_rendering.md)."""
+    from recon.evaluate import composite
+
+    settings = RenderSettings(channels=("rgb", "alpha"), backend=backend, background=background, shading=shading)
+    target_rgb = composite(images, background)
+    weight = images[..., 3:]
+    if downscale > 1:
+        h, w = images.shape[1:3]
+        if h % downscale or w % downscale:
+            raise ValueError(f"downscale {downscale} must divide the image size {w} x {h}")
+        cams = cams.scaled(1.0 / downscale)
+        def pool(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), downscale).permute(0, 2, 3, 1)
+
+        target_rgb, weight = pool(target_rgb), pool(weight)
+    base = arrays.roughness_metallic.detach().clone()
+    mean = float(base[..., 0].mean())
+
+    def shifted(target: float) -> torch.Tensor:
+        rm = base.clone()
+        rm[..., 0] = (base[..., 0] + (target - mean)).clamp(0.02, 1.0)
+        return rm
+
+    def error(target: float) -> float:
+        arrays.roughness_metallic = shifted(target)
+        total = 0.0
+        for v in range(len(images)):
+            out = render_mesh_arrays(arrays, cams[[v]], settings, shading="pbr", light=light)
+            total += float(((out.rgb - target_rgb[v:v + 1]).abs() * weight[v:v + 1]).mean())
+        return total / max(1, len(images))
+
+    tried = {float(t): error(float(t)) for t in candidates}
+    best = min(tried, key=tried.get)
+    for t in (round(best - 0.05, 4), round(best + 0.05, 4)):
+        if 0.02 <= t <= 1.0 and t not in tried:
+            tried[t] = error(t)
+    best = min(tried, key=tried.get)
+    arrays.roughness_metallic = shifted(best)
+    return best, tried
+
+
 class MeshPBRMethod(MeshMethod):
     """The mesh method's two stages, with a PBR material and a learned light in the second (module docstring)."""
 
@@ -76,7 +146,8 @@ class MeshPBRMethod(MeshMethod):
         # integrator (16 samples per pixel, shadow rays), else split-sum; eval_supersample x eval_supersample
         # sub-pixels under the datasets' Gaussian pixel filter.
         ss = self.cfg.eval_supersample
-        shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss)
+        shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss,
+                                   indirect=explains_interreflection(self.cfg))
                    if explains_shadows(self.cfg) else ShadingSettings(integrator="splitsum", supersample=ss))
         return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading)
 
@@ -85,13 +156,15 @@ class MeshPBRMethod(MeshMethod):
         super()._start_texture_stage()
         m = self.cfg.model
         with torch.no_grad():
+            if m.init_albedo == "constant":  # the mean stage-1 color: shading left for the light to explain
+                self.texture.copy_(self.texture.mean((0, 1), keepdim=True).expand_as(self.texture))
             self.texture.div_(m.init_light).clamp_(0, 1)
         size = self.texture.shape[0]
         rm = torch.tensor([m.init_roughness, m.init_metallic], device=self.device).expand(size, size, 2)
         self.material = torch.nn.Parameter(rm.contiguous().clone())
         light = EnvLight.constant(m.init_light, height=m.light_height, learnable=True)
         self.light = light.to(self.device)
-        self.transfer = None
+        self.transfer = self.bounce = None
         self._update_transfer()
 
     @torch.no_grad()
@@ -99,6 +172,7 @@ class MeshPBRMethod(MeshMethod):
         """The self-shadowed diffuse transfer of the current vertices (:mod:`recon.shading.prt`), shadow rays
         through the mesh's BVH; None when ``optim.shadow_samples`` is 0."""
         o = self.cfg.optim
+        self.bounce = self.bounce_matrix = None
         if o.shadow_samples <= 0:
             self.transfer = None
             return
@@ -113,8 +187,39 @@ class MeshPBRMethod(MeshMethod):
             print("recon: warning: the C++ BVH is unavailable; the self-shadowing transfer uses the brute-force "
                   "ray caster (slow for large meshes; --optim.shadow-samples 0 turns it off)", file=sys.stderr)
         t = diffuse_transfer(verts, vertex_normals(verts, faces), caster, samples=o.shadow_samples,
-                             seed=self.cfg.seed)
+                             seed=self.cfg.seed, bounce_mesh=(verts, faces) if o.interreflection else None)
+        if o.interreflection:
+            t, bounce = t
+            self._set_bounce(bounce)
         self.transfer = t.to(self.device)
+
+    def _set_bounce(self, bounce) -> None:
+        from recon.shading.prt import bounce_matrix
+
+        self.bounce = bounce.to(self.device)
+        self.bounce_matrix = bounce_matrix(self.bounce, self.faces, len(self.base_vertices))
+
+    def _indirect(self) -> torch.Tensor | None:
+        """Per-vertex irradiance of one bounce of interreflection (recon.shading.prt.bounce_matrix) under the
+        current light and base color, differentiable w.r.t. both; None without ``optim.interreflection``.
+        The reflectance at a hit is interpolated from per-vertex values (the mean of the texture over a vertex's
+        corners): the bounce is smooth, and this keeps a step's cost at one sparse product."""
+        if self.bounce is None or self.transfer is None:
+            return None
+        from recon.renderers.mesh.texture import texture
+        from recon.shading.prt import SH_COEFFS, light_sh
+
+        V = len(self.base_vertices)
+        direct = (self.transfer[:, :SH_COEFFS] @ light_sh(self.light)).clamp_min(0)  # [V, 3] at the vertices
+        uv = self.uvs[self.uv_faces].reshape(1, 1, -1, 2).contiguous()  # every face corner
+        backend = self.cfg.backend if self.cfg.backend in ("torch", "cpu") else "auto"
+        corner = texture(torch.cat([self.texture.clamp(0, 1), self.material.clamp(0, 1)], -1), uv,
+                         filter_mode="linear", backend=backend).reshape(-1, 5)
+        rho = corner[:, :3] * (1 - corner[:, 4:5])
+        idx = self.faces.reshape(-1)
+        count = torch.zeros(V, 1, device=self.device).index_add_(0, idx, torch.ones(len(idx), 1, device=self.device))
+        rho_v = torch.zeros(V, 3, device=self.device).index_add(0, idx, rho) / count.clamp_min(1)
+        return torch.sparse.mm(self.bounce_matrix, rho_v * direct)
 
     def state(self) -> dict:
         state = super().state()
@@ -123,6 +228,8 @@ class MeshPBRMethod(MeshMethod):
             state["model"]["light"] = self.light.to_state()
             if self.transfer is not None:
                 state["model"]["transfer"] = self.transfer.cpu()
+            if self.bounce is not None:
+                state["model"]["bounce"] = self.bounce.to_state()
         return state
 
     def _load_texture_state(self, st: dict, source: str) -> None:
@@ -133,11 +240,20 @@ class MeshPBRMethod(MeshMethod):
         except KeyError as err:
             raise ValueError(f"{source}: mesh-pbr checkpoint lacks {err}") from err
         self.light.log_radiance.requires_grad_(True)
-        self.transfer = None
-        if self.cfg.optim.shadow_samples > 0:
-            if "transfer" in st:
+        self.transfer = self.bounce = self.bounce_matrix = None
+        o = self.cfg.optim
+        if o.shadow_samples > 0:
+            if "transfer" in st and ("bounce" in st or not o.interreflection):
                 self.transfer = st["transfer"].float().to(self.device)
-            else:  # a checkpoint from before self-shadowing: compute it for the current vertices
+                if self.transfer.shape != (len(self.base_vertices), TRANSFER_CHANNELS):
+                    raise ValueError(f"{source}: transfer must be [{len(self.base_vertices)}, {TRANSFER_CHANNELS}] "
+                                     f"(one row per vertex), got {tuple(self.transfer.shape)}")
+                if o.interreflection:
+                    from recon.shading.prt import Bounce
+
+                    self._set_bounce(Bounce.from_state(st["bounce"], source=source,
+                                                       num_points=len(self.base_vertices), num_faces=len(self.faces)))
+            else:  # a checkpoint from before self-shadowing (or interreflection): compute it for the vertices
                 self._update_transfer()
 
     def _make_optimizer(self) -> None:
@@ -147,6 +263,17 @@ class MeshPBRMethod(MeshMethod):
         o = self.cfg.optim
         for params, lr in (([self.material], o.lr_material), ([self.light.log_radiance], o.lr_light)):
             self.optimizer.add_param_group({"params": params, "lr": lr, "base_lr": lr})
+
+    def _decay_lr(self) -> None:
+        super()._decay_lr()
+        o = self.cfg.optim
+        into = self.step_index - o.geometry_steps  # steps into the material stage (a function of the step, so a
+        # resumed run gets the same rates)
+        for g in self.optimizer.param_groups:
+            light = g["params"][0] is self.light.log_radiance
+            if (into <= o.light_warmup and not light) or (
+                    into <= o.light_warmup + o.vertex_hold and g["params"][0] is self.offsets):
+                g["lr"] = 0.0  # the light warms up alone; then the vertices wait optim.vertex_hold steps more
 
     def parameters(self) -> dict[str, torch.Tensor]:
         params = super().parameters()
@@ -162,6 +289,7 @@ class MeshPBRMethod(MeshMethod):
             arrays.roughness_metallic = self.material.clamp(0, 1)
             arrays.roughness_factor, arrays.metallic_factor = 1.0, 1.0
             arrays.transfer = self.transfer
+            arrays.indirect = self._indirect()
         return arrays
 
     def _render(self, arrays: MeshArrays, cams, settings: RenderSettings):
@@ -170,7 +298,8 @@ class MeshPBRMethod(MeshMethod):
         o = self.cfg.optim
         if o.mc_steps > 0 and self.step_index > self.cfg.max_steps - o.mc_steps:
             # A fresh, step-determined sample pattern each step: unbiased gradients, exact resume.
-            shading = ShadingSettings(integrator="mc", spp=o.mc_spp, seed=self.step_index)
+            shading = ShadingSettings(integrator="mc", spp=o.mc_spp, seed=self.step_index,
+                                      indirect=explains_interreflection(self.cfg))
         else:
             shading = ShadingSettings(integrator="splitsum")  # the loop's settings may be the evaluation's MC
         settings = replace(settings, shading=shading)
@@ -200,7 +329,28 @@ class MeshPBRMethod(MeshMethod):
             with torch.no_grad():
                 self.texture.clamp_(0, 1)
                 self.material.clamp_(0, 1)
+            if o.roughness_search > 0 and explains_shadows(self.cfg) and self.step_index == self.cfg.max_steps:
+                stats["roughness"] = self._search_roughness()
         return stats
+
+    @torch.no_grad()
+    def _search_roughness(self) -> float:
+        """``optim.roughness_search`` (:func:`search_roughness` on evenly spaced training views); returns the
+        chosen mean roughness."""
+        o = self.cfg.optim
+        k = min(o.roughness_search, len(self.data.train))
+        views = torch.linspace(0, len(self.data.train) - 1, k).round().long()
+        shading = ShadingSettings(integrator="mc", spp=o.roughness_search_spp, seed=self.cfg.seed,
+                                  indirect=explains_interreflection(self.cfg))
+        arrays = self._arrays()
+        mean = float(self.material[..., 0].mean())
+        best, tried = search_roughness(arrays, self.light, self.train_cams[views], self.train_images[views],
+                                       self.eval_background, o.roughness_candidates, shading, self.cfg.backend,
+                                       downscale=_search_downscale(self.train_images.shape[1:3]))
+        self.material.copy_(arrays.roughness_metallic)
+        print(f"recon: roughness search: mean {mean:.3f} -> {best:.3f} (L1 "
+              + ", ".join(f"{t:.2f}: {e:.5f}" for t, e in sorted(tried.items())) + ")", file=sys.stderr)
+        return best
 
     def _texture_regularizers(self) -> torch.Tensor:
         o = self.cfg.optim
@@ -233,7 +383,7 @@ class MeshPBRMethod(MeshMethod):
 
         ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
                                         spp=self.cfg.relight_spp, supersample=self.cfg.eval_supersample,
-                                        seed=self.cfg.seed)
+                                        seed=self.cfg.seed, indirect=explains_interreflection(self.cfg))
         if ir is not None:
             summary["inverse_rendering"] = ir
 

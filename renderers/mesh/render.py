@@ -34,7 +34,8 @@ class MeshArrays:
     metallic_factor (scalars) multiply the texture (glTF); normals ``[N, 3]`` + normal_faces ``[F, 3]``:
     face-varying shading normals (e.g. a glTF ``NORMAL``), else area-weighted vertex normals are used;
     transfer ``[V, 17]``: per-vertex self-shadowed diffuse transfer (:mod:`recon.shading.prt`) for PBR shading
-    with the split-sum integrator.
+    with the split-sum integrator; indirect ``[V, 3]``: per-vertex irradiance of one bounce of interreflection
+    added to it (:func:`recon.shading.prt.bounce_irradiance`; split-sum with ``transfer`` only).
     """
 
     vertices: Tensor
@@ -50,6 +51,7 @@ class MeshArrays:
     normals: Tensor | None = None
     normal_faces: Tensor | None = None
     transfer: Tensor | None = None
+    indirect: Tensor | None = None
 
 
 @dataclass
@@ -219,12 +221,17 @@ def _shade_pbr(mesh: MeshArrays, rast, normal, face_normal, gbuffer, cams, setti
     def pick(x: Tensor) -> Tensor:
         return x.reshape(-1, x.shape[-1])[flat]
 
-    transfer = None
+    transfer = indirect = None
     if mesh.transfer is not None and settings.shading.integrator == "splitsum":
-        transfer = pick(interpolate(mesh.transfer.to(verts), rast, faces, backend=settings.backend)[0])
+        per_vertex = mesh.transfer.to(verts)
+        if mesh.indirect is not None:  # one interpolation for both
+            per_vertex = torch.cat([per_vertex, mesh.indirect.to(verts)], -1)
+        transfer = pick(interpolate(per_vertex, rast, faces, backend=settings.backend)[0])
+        if mesh.indirect is not None:
+            transfer, indirect = transfer[:, :-3], transfer[:, -3:]
     gb = GBuffer(position=world, normal=pick(normal), geo_normal=pick(face_normal).detach(), view=view,
                  base_color=pick(gbuffer["albedo"]), roughness=pick(gbuffer["roughness"]),
-                 metallic=pick(gbuffer["metallic"]), transfer=transfer)
+                 metallic=pick(gbuffer["metallic"]), transfer=transfer, indirect=indirect)
     tracer = None
     if settings.shading.integrator == "mc" and settings.shading.shadows:
         from recon.renderers.mesh.material import MeshTracer
