@@ -255,12 +255,9 @@ class MeshPBROptimConfig(MeshOptimConfig):
     lambda_albedo_smooth: float = 0.02
     """Weight of the total variation of the base-color texture (nvdiffrec's kd smoothness, in texture space)."""
     light_warmup: int = 200
-    """First steps of the material stage in which only the light learns (base color, roughness-metallic and
-    vertices held): per-texel base colors adapt faster than a light can, and would otherwise absorb its
-    shading before the light has moved."""
-    vertex_hold: int = 0
-    """Steps after the light warm-up in which the vertices still hold while base color, material and light
-    learn. Measured worse on bob_field at 300 (normals 13.2 vs 11.2 deg; docs/inverse_rendering.md)."""
+    """First steps of the material stage in which base color and roughness-metallic hold still while the light
+    (and the vertices) learn: per-texel base colors adapt faster than a light can, and would otherwise absorb
+    its shading before the light has moved."""
     lambda_shading: float = 0.0
     """Weight of nvdiffrec-mc's monochrome shading regularizer: the luminance of the demodulated shading (the
     render with a base color of 1) should match the brightest channel of the image, compared as
@@ -359,7 +356,6 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.transfer_every", lambda v: v >= 1, "an integer >= 1"),
     ("optim.mc_spp", lambda v: v >= 1, "an integer >= 1"),
     ("optim.light_warmup", lambda v: v >= 0, "an integer >= 0"),
-    ("optim.vertex_hold", lambda v: v >= 0, "an integer >= 0"),
     ("optim.roughness_search", lambda v: v >= 0, "an integer >= 0"),
     ("optim.roughness_search_spp", lambda v: v >= 1, "an integer >= 1"),
     ("optim.roughness_candidates", lambda v: len(v) >= 1 and all(0 < x <= 1 for x in v),

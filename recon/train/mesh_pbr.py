@@ -266,14 +266,13 @@ class MeshPBRMethod(MeshMethod):
 
     def _decay_lr(self) -> None:
         super()._decay_lr()
-        o = self.cfg.optim
-        into = self.step_index - o.geometry_steps  # steps into the material stage (a function of the step, so a
-        # resumed run gets the same rates)
-        for g in self.optimizer.param_groups:
-            light = g["params"][0] is self.light.log_radiance
-            if (into <= o.light_warmup and not light) or (
-                    into <= o.light_warmup + o.vertex_hold and g["params"][0] is self.offsets):
-                g["lr"] = 0.0  # the light warms up alone; then the vertices wait optim.vertex_hold steps more
+        if self.step_index - self.cfg.optim.geometry_steps <= self.cfg.optim.light_warmup:
+            # Light warm-up (optim.light_warmup): base color and roughness-metallic hold still while the light
+            # (and the vertices, which need these high-rate steps: docs/inverse_rendering.md) learn. A function
+            # of the step, so a resumed run gets the same rates.
+            for g in self.optimizer.param_groups:
+                if g["params"][0] is self.texture or g["params"][0] is self.material:
+                    g["lr"] = 0.0
 
     def parameters(self) -> dict[str, torch.Tensor]:
         params = super().parameters()
