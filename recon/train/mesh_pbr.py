@@ -198,6 +198,10 @@ class MeshPBRMethod(MeshMethod):
 
         self.bounce = bounce.to(self.device)
         self.bounce_matrix = bounce_matrix(self.bounce, self.faces, len(self.base_vertices))
+        # Face corners per vertex (fixed in this stage), for the per-vertex mean reflectance of each step.
+        idx = self.faces.reshape(-1)
+        self.corner_count = torch.zeros(len(self.base_vertices), 1, device=self.device).index_add_(
+            0, idx, torch.ones(len(idx), 1, device=self.device)).clamp_min(1)
 
     def _indirect(self) -> torch.Tensor | None:
         """Per-vertex irradiance of one bounce of interreflection (recon.shading.prt.bounce_matrix) under the
@@ -216,9 +220,7 @@ class MeshPBRMethod(MeshMethod):
         corner = texture(torch.cat([self.texture.clamp(0, 1), self.material.clamp(0, 1)], -1), uv,
                          filter_mode="linear", backend=backend).reshape(-1, 5)
         rho = corner[:, :3] * (1 - corner[:, 4:5])
-        idx = self.faces.reshape(-1)
-        count = torch.zeros(V, 1, device=self.device).index_add_(0, idx, torch.ones(len(idx), 1, device=self.device))
-        rho_v = torch.zeros(V, 3, device=self.device).index_add(0, idx, rho) / count.clamp_min(1)
+        rho_v = torch.zeros(V, 3, device=self.device).index_add(0, self.faces.reshape(-1), rho) / self.corner_count
         return torch.sparse.mm(self.bounce_matrix, rho_v * direct)
 
     def state(self) -> dict:
@@ -288,7 +290,6 @@ class MeshPBRMethod(MeshMethod):
             arrays.roughness_metallic = self.material.clamp(0, 1)
             arrays.roughness_factor, arrays.metallic_factor = 1.0, 1.0
             arrays.transfer = self.transfer
-            arrays.indirect = self._indirect()
         return arrays
 
     def _render(self, arrays: MeshArrays, cams, settings: RenderSettings):
@@ -301,6 +302,7 @@ class MeshPBRMethod(MeshMethod):
                                       indirect=explains_interreflection(self.cfg))
         else:
             shading = ShadingSettings(integrator="splitsum")  # the loop's settings may be the evaluation's MC
+            arrays.indirect = self._indirect()  # only split-sum reads it (Monte Carlo traces its own bounce)
         settings = replace(settings, shading=shading)
         if o.lambda_shading > 0:
             settings = replace(settings, channels=(*settings.channels, "shading"))
