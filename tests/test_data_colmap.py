@@ -7,7 +7,7 @@ import torch
 from recon.cameras import quat_wxyz_to_rotmat
 from recon.data.colmap import (ColmapCamera, ColmapImage, ColmapModel, ColmapPoints, SUPPORTED_MODELS,
                                camera_intrinsics, read_colmap_model, write_colmap_model)
-from recon.data.io import write_png
+from recon.data.io import read_image, write_png
 from recon.data.load import detect_format, load_dataset
 from recon.data.undistort import Distortion, distort_points, undistort_points
 
@@ -264,3 +264,31 @@ def test_missing_image_and_downscale(tmp_path):
     assert d.train.images.shape == (3, 15, 20, 4)
     # view_06 is image 1 (camera 1: fx 35, fy 33, cx 20.3, cy 14.8), halved
     torch.testing.assert_close(d.test.cameras.K[1], torch.tensor([[17.5, 0, 10.15], [0, 16.5, 7.4], [0, 0, 1]]))
+
+
+@pytest.mark.parametrize("models", [("SIMPLE_RADIAL",), ("RADIAL",), ("OPENCV",), ("OPENCV_FISHEYE",),
+                                    ("PINHOLE", "OPENCV")])
+def test_keep_distortion_projects_onto_raw_observations(tmp_path, models):
+    """With distortion="keep" the cameras carry COLMAP's lens, so projecting the sparse points lands on the raw
+    (distorted) observations, and the images are the stored files."""
+    model, _ = _make_model(tmp_path, models=models)
+    write_colmap_model(tmp_path / "sparse" / "0", model, binary=True)
+    d = load_dataset(tmp_path, test_every=3, distortion="keep")
+    expected_model = "fisheye" if models == ("OPENCV_FISHEYE",) else "opencv"  # PINHOLE frames: zero coefficients
+    by_name = {im.name.removesuffix(".png"): im for im in model.images.values()}
+    checked = 0
+    for split in (d.train, d.test):
+        assert split.cameras.model == expected_model
+        for j, name in enumerate(split.names):
+            stored = torch.from_numpy(read_image(tmp_path / "images" / f"{name}.png"))
+            assert torch.equal(split.images[j, ..., :3], stored)
+            assert torch.all(split.images[j, ..., 3] == 1)
+            im = by_name[name]
+            if model.cameras[im.camera_id].model == "PINHOLE":
+                assert torch.all(split.cameras.distortion[j] == 0)
+            if len(im.xys) == 0:
+                continue
+            uv, _ = split.cameras[j].project(d.points[torch.from_numpy(im.point3D_ids - 100)])
+            torch.testing.assert_close(uv[0], torch.from_numpy(im.xys).float(), atol=2e-3, rtol=0)
+            checked += len(im.xys)
+    assert checked > 40

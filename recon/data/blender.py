@@ -20,12 +20,13 @@ __all__ = ["load_blender"]
 
 
 def load_blender(root: str | Path, *, downscale: int = 1, test_every: int = 8, skip_missing_images: bool = False,
-                 background=None) -> SceneData:
+                 background=None, distortion: str = "undistort") -> SceneData:
     """Load a Blender-format dataset folder.
 
     Test split: ``transforms_test.json``; else ``transforms_val.json``; else indices 0, ``test_every``, ... of the
     train list. ``background`` defaults to white (the NeRF-synthetic convention); the images keep straight alpha
-    and ``SceneData.background`` records the color for the trainer to composite over.
+    and ``SceneData.background`` records the color for the trainer to composite over. ``distortion`` applies to
+    frames with ngp-style distortion keys, as in :func:`~recon.data.ngp.load_ngp`.
     """
     root = Path(root).resolve()
     train_path = root / "transforms_train.json"
@@ -43,6 +44,6 @@ def load_blender(root: str | Path, *, downscale: int = 1, test_every: int = 8, s
     else:
         train, test = holdout_every(train, test_every)
     grids: dict = {}  # undistortion grids shared by the two splits
-    return SceneData(root=root, format="blender", train=frames_to_split(train, downscale, root, grids),
-                     test=frames_to_split(test, downscale, root, grids),
+    return SceneData(root=root, format="blender", train=frames_to_split(train, downscale, root, grids, distortion),
+                     test=frames_to_split(test, downscale, root, grids, distortion),
                      background=resolve_background(background, (1.0, 1.0, 1.0)))

@@ -344,12 +344,14 @@ def camera_intrinsics(cam: ColmapCamera, source: str) -> tuple[torch.Tensor, Dis
 
 
 def load_colmap(root: str | Path, *, downscale: int = 1, test_every: int = 8, skip_missing_images: bool = False,
-                background=None, images_dir: str = "images") -> SceneData:
+                background=None, images_dir: str = "images", distortion: str = "undistort") -> SceneData:
     """Load a COLMAP dataset (``sparse/0`` or ``sparse`` + ``images/``).
 
     Frames are sorted by image name; indices 0, ``test_every``, 2 ``test_every``, ... go to test. Distorted
     cameras (SIMPLE_RADIAL, RADIAL, OPENCV, OPENCV_FISHEYE) are undistorted at load to a pinhole with the same K
-    and size. ``points3D`` becomes ``SceneData.points`` / ``point_colors``.
+    and size, or with ``distortion="keep"`` kept as stored with the lens in the cameras (SIMPLE_RADIAL, RADIAL
+    and OPENCV as "opencv", OPENCV_FISHEYE as "fisheye"). ``points3D`` becomes ``SceneData.points`` /
+    ``point_colors``.
     """
     root = Path(root).resolve()
     sparse = find_sparse_dir(root)
@@ -378,6 +380,6 @@ def load_colmap(root: str | Path, *, downscale: int = 1, test_every: int = 8, sk
         points = torch.from_numpy(model.points.xyz).float()
         colors = torch.from_numpy(model.points.rgb.astype(np.float32) / 255.0)
     grids: dict = {}  # undistortion grids shared by the two splits
-    return SceneData(root=root, format="colmap", train=frames_to_split(train, downscale, root, grids),
-                     test=frames_to_split(test, downscale, root, grids), points=points, point_colors=colors,
+    return SceneData(root=root, format="colmap", train=frames_to_split(train, downscale, root, grids, distortion),
+                     test=frames_to_split(test, downscale, root, grids, distortion), points=points, point_colors=colors,
                      background=resolve_background(background, (1.0, 1.0, 1.0)))

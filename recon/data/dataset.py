@@ -15,7 +15,9 @@ class Split:
     """One split of posed images.
 
     Attributes:
-        cameras: ``C`` cameras (float32), one image size for the split, intrinsics of the *undistorted* images.
+        cameras: ``C`` cameras (float32), one image size and one lens model for the split: pinhole cameras of
+            the undistorted images, or the stored images' lens when the dataset was loaded with
+            ``distortion="keep"``.
         images: ``[C, H, W, 4]`` float32 in [0, 1]: sRGB-encoded color as stored on disk (not linearized),
             straight (not premultiplied) alpha in channel 3 (1 where the file has no alpha).
         names: frame names (file stem, e.g. ``"r_0"``), unique within the split.

@@ -5,8 +5,8 @@
   ``.exr`` (through the ``OpenEXR`` package) as linear float.
 * :func:`write_png`, :func:`write_hdr` (Radiance RGBE) and :func:`write_exr` write atomically (temp file in the
   same folder, then ``os.replace``).
-* :class:`Frame` is one parsed, not yet decoded view; :func:`frames_to_split` decodes, checks, undistorts and
-  downscales a list of them into a :class:`~recon.data.dataset.Split`.
+* :class:`Frame` is one parsed, not yet decoded view; :func:`frames_to_split` decodes, checks, undistorts (or
+  keeps the lens distortion in the cameras) and downscales a list of them into a :class:`~recon.data.dataset.Split`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ from recon.fileio import atomic_write_bytes
 __all__ = [
     "read_image", "write_png", "write_hdr", "write_exr", "image_size", "srgb_to_linear", "linear_to_srgb",
     "Frame", "resolve_image_path", "drop_missing", "holdout_every", "frames_to_split", "resolve_background",
+    "DISTORTION_MODES", "check_distortion_mode",
 ]
 
 SKIP_HINT = "pass --skip-missing-images (config skip_missing_images: true) to drop frames without images"
+DISTORTION_MODES = ("undistort", "keep")
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -369,7 +371,7 @@ class Frame:
         world_to_cam: ``[4, 4]`` float64 OpenCV world-to-camera.
         K: ``[3, 3]`` float64 intrinsics of the stored (distorted) image; undistortion keeps them.
         width, height: the image size the metadata promises.
-        distortion: lens distortion to remove at load, or None for a pinhole.
+        distortion: the lens distortion (removed at load, or kept in the cameras), or None for a pinhole.
         source: where the metadata came from, for error messages (e.g. "transforms.json frame 3").
     """
 
@@ -436,6 +438,41 @@ def resolve_background(background, default: tuple[float, float, float]) -> tuple
     return values
 
 
+def check_distortion_mode(distortion) -> str:
+    """``distortion`` if it is one of :data:`DISTORTION_MODES`, else ``ValueError`` naming the argument."""
+    if not isinstance(distortion, str) or distortion not in DISTORTION_MODES:
+        raise ValueError(f"distortion must be 'undistort' or 'keep', got {distortion!r}")
+    return distortion
+
+
+def _split_cameras(frames: list[Frame], width: int, height: int, keep: bool) -> Cameras:
+    """float64 :class:`Cameras` of ``frames``: pinhole, or (``keep``) the frames' shared lens model.
+
+    Pinhole frames in a split of OpenCV frames get zero coefficients (exactly a pinhole) so that the split has one
+    model; pinhole frames beside fisheye frames, or OpenCV beside fisheye frames, raise ``ValueError``.
+    """
+    w2c = torch.stack([f.world_to_cam for f in frames])
+    K = torch.stack([f.K for f in frames])
+    if not keep:
+        return Cameras(w2c, K, width, height)
+    lenses = [f.distortion.camera_model() if f.distortion is not None else ("pinhole", ()) for f in frames]
+    found = {m for m, _ in lenses}
+    if found == {"pinhole"}:
+        return Cameras(w2c, K, width, height)
+    if len(found - {"pinhole"}) > 1 or ("fisheye" in found and len(found) > 1):
+        examples = {}
+        for f, (m, _) in zip(frames, lenses):
+            examples.setdefault(m, f.source or f.name)
+        listed = ", ".join(f"{m} ({where})" for m, where in sorted(examples.items()))
+        raise ValueError(f"distortion='keep' needs one lens model per split, got {listed}; fisheye cannot be mixed "
+                         "with other models (zero fisheye coefficients are the equidistant lens, not a pinhole); "
+                         "pass distortion='undistort'")
+    (model,) = found - {"pinhole"}
+    zeros = (0.0,) * (5 if model == "opencv" else 4)
+    coeffs = torch.tensor([c if m != "pinhole" else zeros for m, c in lenses], dtype=torch.float64)
+    return Cameras(w2c, K, width, height, model, coeffs)
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root.resolve()).as_posix()
@@ -482,17 +519,22 @@ def _downscale(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def frames_to_split(frames: list[Frame], downscale: int = 1, root: Path | None = None,
-                    grids: dict | None = None) -> Split:
-    """Decode, check, undistort (to a pinhole with the same K) and downscale ``frames`` into a :class:`Split`.
+                    grids: dict | None = None, distortion: str = "undistort") -> Split:
+    """Decode, check, undistort and downscale ``frames`` into a :class:`Split`.
 
+    ``distortion="undistort"`` resamples distorted images to a pinhole with the same K (alpha 0 where no source
+    pixel exists); ``"keep"`` leaves the pixels as stored and gives the cameras the frames' lens model
+    (:meth:`Distortion.camera_model`; see :func:`_split_cameras` for splits that mix models).
     All frames must share one image size. Images come back ``[C, H, W, 4]`` float32 in [0, 1], cameras float32
-    with ``K`` scaled by :meth:`Cameras.scaled`. Raises ``ValueError`` naming the image on a decode failure or when
-    its size differs from the metadata. ``grids`` optionally shares undistortion grids between calls (a dict the
-    caller owns, e.g. one per dataset so that train and test reuse the grids of a shared camera).
+    with ``K`` scaled by :meth:`Cameras.scaled` (which keeps the distortion coefficients: they act on normalized
+    coordinates). Raises ``ValueError`` naming the image on a decode failure or when its size differs from the
+    metadata, and for an unknown ``distortion``. ``grids`` optionally shares undistortion grids between calls (a
+    dict the caller owns, e.g. one per dataset so that train and test reuse the grids of a shared camera).
     """
     if isinstance(downscale, bool) or int(downscale) != downscale or downscale < 1:
         raise ValueError(f"downscale must be an integer >= 1, got {downscale!r}")
     downscale = int(downscale)
+    keep = check_distortion_mode(distortion) == "keep"
     root = root or Path(".")
     sizes = {(f.width, f.height) for f in frames}
     if len(sizes) > 1:
@@ -501,7 +543,7 @@ def frames_to_split(frames: list[Frame], downscale: int = 1, root: Path | None =
     if not frames:
         return Split(Cameras(torch.zeros(0, 4, 4), torch.zeros(0, 3, 3), 1, 1), torch.zeros(0, 1, 1, 4), [])
     W, H = frames[0].width, frames[0].height
-    cams = Cameras(torch.stack([f.world_to_cam for f in frames]), torch.stack([f.K for f in frames]), W, H)
+    cams = _split_cameras(frames, W, H, keep)
     cams = cams.scaled(1.0 / downscale) if downscale > 1 else cams
     images = np.empty((len(frames), cams.height, cams.width, 4), np.float32)
     grids = {} if grids is None else grids
@@ -511,7 +553,7 @@ def frames_to_split(frames: list[Frame], downscale: int = 1, root: Path | None =
             raise ValueError(f"image {_rel(f.image_path, root)} is {arr.shape[1]}x{arr.shape[0]} but {f.source} "
                              f"says w x h = {W}x{H}")
         rgba = _to_planar_rgba(arr)
-        if f.distortion is not None and not f.distortion.is_identity:
+        if not keep and f.distortion is not None and not f.distortion.is_identity:
             key = (tuple(f.K.flatten().tolist()), f.distortion)
             if key not in grids:
                 grid, valid = undistortion_grid(f.K, f.distortion, W, H)

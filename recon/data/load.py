@@ -8,7 +8,7 @@ from pathlib import Path
 from recon.data.blender import load_blender
 from recon.data.colmap import find_sparse_dir, load_colmap
 from recon.data.dataset import SceneData
-from recon.data.io import resolve_background
+from recon.data.io import check_distortion_mode, resolve_background
 from recon.data.ngp import load_ngp
 
 __all__ = ["load_dataset", "detect_format", "FORMATS"]
@@ -37,7 +37,7 @@ def detect_format(path: str | Path) -> str:
 
 
 def load_dataset(path: str | Path, *, format: str = "auto", downscale: int = 1, test_every: int = 8,
-                 skip_missing_images: bool = False, background=None) -> SceneData:
+                 skip_missing_images: bool = False, background=None, distortion: str = "undistort") -> SceneData:
     """Load a dataset into :class:`~recon.data.dataset.SceneData`.
 
     Args:
@@ -51,19 +51,26 @@ def load_dataset(path: str | Path, *, format: str = "auto", downscale: int = 1, 
             ``FileNotFoundError``.
         background: None (dataset default: white), "white", "black" or an RGB triple in [0, 1]; stored in
             ``SceneData.background`` for the trainer to composite RGBA images over.
+        distortion: "undistort" (default) resamples distorted images (instant-ngp / COLMAP lens models) to a
+            pinhole with the same K; "keep" leaves the pixels as stored and gives the split's cameras
+            ``model="opencv"`` (k1, k2, p1, p2, k3) or ``"fisheye"`` (k1..k4), pinhole frames beside OpenCV
+            frames getting zero coefficients (a split mixing fisheye with other models raises ``ValueError``).
 
     Images: ``[C, H, W, 4]`` float32 in [0, 1], sRGB as stored, straight alpha (1 without alpha; 0 where
-    undistortion has no source pixel). Distorted cameras are undistorted to a pinhole with the same K.
-    Raises ``ValueError`` / ``FileNotFoundError`` naming the file and field on malformed input.
+    undistortion has no source pixel; with "keep" every pixel keeps the file's alpha).
+    Raises ``ValueError`` / ``FileNotFoundError`` naming the file and field on malformed input, and
+    ``ValueError`` naming the argument for a bad ``downscale``, ``test_every``, ``background`` or ``distortion``.
     """
     if isinstance(downscale, bool) or not isinstance(downscale, numbers.Integral) or downscale < 1:
         raise ValueError(f"downscale must be an integer >= 1, got {downscale!r}")
     if isinstance(test_every, bool) or not isinstance(test_every, numbers.Integral) or test_every < 2:
         raise ValueError(f"test_every must be an integer >= 2, got {test_every!r}")
     resolve_background(background, (1.0, 1.0, 1.0))  # validate early, before decoding anything
+    check_distortion_mode(distortion)
     if format == "auto":
         format = detect_format(path)
     if format not in _LOADERS:
         raise ValueError(f"unknown dataset format {format!r}; expected 'auto' or one of {', '.join(FORMATS)}")
     return _LOADERS[format](path, downscale=int(downscale), test_every=int(test_every),
-                            skip_missing_images=skip_missing_images, background=background)
+                            skip_missing_images=skip_missing_images, background=background,
+                            distortion=distortion)

@@ -9,7 +9,8 @@ field). ``aabb_scale`` and other keys are ignored. ``cx, cy`` are used as given:
 COLMAP, whose pixel centers sit at +0.5 like recon's.
 
 Distorted images are undistorted at load to a pinhole camera with the **same K and size**; the returned K is the
-file's K (scaled by ``downscale``). Pixels whose distorted source lies outside the photo get alpha 0.
+file's K (scaled by ``downscale``). Pixels whose distorted source lies outside the photo get alpha 0. With
+``distortion="keep"`` the images stay as stored and the cameras carry the lens ("opencv" / "fisheye").
 """
 
 from __future__ import annotations
@@ -171,12 +172,13 @@ def _unique_names(frames: list[Frame], base: Path) -> None:
 
 
 def load_ngp(root: str | Path, *, downscale: int = 1, test_every: int = 8, skip_missing_images: bool = False,
-             background=None) -> SceneData:
+             background=None, distortion: str = "undistort") -> SceneData:
     """Load an instant-ngp / nerfstudio ``transforms.json`` dataset (``root`` is the folder or the json file).
 
     Frames are sorted by ``file_path``; indices 0, ``test_every``, 2 ``test_every``, ... of the sorted list
     (after dropping frames without images when ``skip_missing_images``) go to test, the rest to train.
-    Images are undistorted at load (K unchanged). ``ply_file_path``, if present, fills ``points``.
+    Images are undistorted at load (K unchanged), or with ``distortion="keep"`` kept as stored with the lens in
+    the cameras (see :func:`~recon.data.io.frames_to_split`). ``ply_file_path``, if present, fills ``points``.
     """
     root = Path(root).resolve()
     path = root if root.is_file() else root / "transforms.json"
@@ -189,8 +191,8 @@ def load_ngp(root: str | Path, *, downscale: int = 1, test_every: int = 8, skip_
     if meta.get("ply_file_path"):
         points, colors = read_ply_points(root / meta["ply_file_path"])
     grids: dict = {}  # undistortion grids shared by the two splits
-    return SceneData(root=root, format="ngp", train=frames_to_split(train, downscale, root, grids),
-                     test=frames_to_split(test, downscale, root, grids), points=points, point_colors=colors,
+    return SceneData(root=root, format="ngp", train=frames_to_split(train, downscale, root, grids, distortion),
+                     test=frames_to_split(test, downscale, root, grids, distortion), points=points, point_colors=colors,
                      background=resolve_background(background, (1.0, 1.0, 1.0)))
 
 

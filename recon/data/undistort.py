@@ -16,6 +16,9 @@ Models (the OpenCV / COLMAP definitions), on normalized camera coordinates ``x =
 
 Distorted pixels are ``u_d = fx x_d + cx``, ``v_d = fy y_d + cy`` with the same ``K`` as the pinhole.
 
+Loaders either undistort at load (``distortion="undistort"``, below) or keep the images and hand the lens to
+:class:`~recon.cameras.Cameras` (``distortion="keep"``, :meth:`Distortion.camera_model`).
+
 Undistortion at load (:func:`undistort_image`) resamples an image to a *pinhole camera with the same K and the
 same size*: for every output pixel center ``(i + 0.5, j + 0.5)`` it takes the pinhole ray, applies the forward
 distortion and samples the source bilinearly there. Output pixels whose distorted location falls outside the
@@ -64,6 +67,20 @@ class Distortion:
     def is_identity(self) -> bool:
         """True for the OPENCV model with all coefficients 0 (a plain pinhole)."""
         return self.model == "OPENCV" and not any((self.k1, self.k2, self.k3, self.k4, self.p1, self.p2))
+
+    def camera_model(self) -> tuple[str, tuple[float, ...]]:
+        """The :class:`~recon.cameras.Cameras` lens model and coefficients of this distortion.
+
+        ``("pinhole", ())`` for the identity; OPENCV -> ``("opencv", (k1, k2, p1, p2, k3))`` (OpenCV's
+        ``distCoeffs`` order; note the field order here is k1, k2, k3, p1, p2); OPENCV_FISHEYE ->
+        ``("fisheye", (k1, k2, k3, k4))``, which stays fisheye even with all-zero coefficients (the equidistant
+        lens, not a pinhole).
+        """
+        if self.is_identity:
+            return "pinhole", ()
+        if self.model == "OPENCV":
+            return "opencv", (self.k1, self.k2, self.p1, self.p2, self.k3)
+        return "fisheye", (self.k1, self.k2, self.k3, self.k4)
 
 
 def distort_points(xy: torch.Tensor, dist: Distortion) -> torch.Tensor:

@@ -102,6 +102,10 @@ class TrainConfigBase:
     """Hold out every N-th image for testing when the dataset has no test split."""
     skip_missing_images: bool = False
     """Drop frames whose image file is missing instead of failing."""
+    distortion: Literal["undistort", "keep"] = "undistort"
+    """Lens distortion of instant-ngp / COLMAP cameras: "undistort" the images at load to pinhole cameras with
+    the same K (every renderer works), or "keep" the images and the distorted camera models (OpenCV, fisheye),
+    which only ray casting renders (``recon train gaussians --render-method raycast``)."""
     background: Literal["auto", "white", "black"] = "auto"
     """Evaluation background for RGBA datasets ("auto": the dataset's, white for Blender)."""
     alpha_mode: Literal["auto", "coverage", "mask"] = "auto"
@@ -135,7 +139,10 @@ class GaussianTrainConfig(TrainConfigBase):
     """Train 3D Gaussian splatting from posed images."""
 
     backend: Literal["auto", "torch", "cpu", "gsplat"] = "auto"
-    """Rasterizer backend."""
+    """Renderer backend ("gsplat" rasterizes only)."""
+    render_method: Literal["raster", "raycast"] = "raster"
+    """How training and evaluation views are rendered: "raster" (3DGS tile rasterization, pinhole cameras) or
+    "raycast" (the Gaussian ray caster: any camera model, e.g. fisheye without undistorting; slower)."""
     model: GaussianModelConfig = field(default_factory=GaussianModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)

@@ -38,12 +38,14 @@ def _has_masks(images: torch.Tensor) -> bool:
 
 def sample_views(points: torch.Tensor, cameras: Cameras, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The pixels under the projections of ``points [P, 3]`` in every view: ``pix [C, P, D]`` (nearest pixel of
-    ``images [C, H, W, D]``) and ``inside [C, P]`` (in front of the camera and within the frame)."""
+    ``images [C, H, W, D]``) and ``inside [C, P]`` (within the frame, and in front of the camera; a fisheye
+    lens also sees points behind its image plane)."""
     uv, z = cameras.to(dtype=torch.float32).project(points.float())
     h, w = images.shape[1:3]
     col = uv[..., 0].floor().long()
     row = uv[..., 1].floor().long()
-    inside = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    front = torch.isfinite(uv).all(-1) if cameras.model == "fisheye" else z > 0
+    inside = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
     cam_idx = torch.arange(len(cameras))[:, None].expand_as(col)
     return images[cam_idx, row.clamp(0, h - 1), col.clamp(0, w - 1)], inside
 

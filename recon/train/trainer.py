@@ -73,7 +73,8 @@ def load_data(cfg) -> SceneData:
     path = resolve_data_path(cfg.data)
     background = None if cfg.background == "auto" else cfg.background
     return load_dataset(path, format=cfg.data_format, downscale=cfg.downscale, test_every=cfg.test_every,
-                        skip_missing_images=cfg.skip_missing_images, background=background)
+                        skip_missing_images=cfg.skip_missing_images, background=background,
+                        distortion=cfg.distortion)
 
 
 def resolve_data_path(path: Path) -> Path:
