@@ -44,6 +44,10 @@ class SourceArgs:
     """Background for RGBA datasets."""
     backend: Literal["auto", "torch", "cpu", "gsplat", "nvdiffrast"] = "auto"
     """Rasterizer backend (gsplat: Gaussians on CUDA; nvdiffrast: meshes on CUDA)."""
+    gaussians_method: Literal["auto", "raster", "raycast"] = "auto"
+    """How Gaussian scenes are rendered (settings.gaussians.method): "raster", or "raycast" (the Gaussian ray
+    caster: any camera model, e.g. fisheye / OpenCV distortion kept with --distortion keep at training);
+    "auto": the run's training method (``render_method``), raster for scene files."""
     device: str = "auto"
     """Torch device."""
     integrator: Literal["auto", "splitsum", "mc"] = "auto"
@@ -213,7 +217,8 @@ def _load_source(src: SourceArgs, need_data: bool):
             background = cfg.background
         data = load_dataset(path, format=src.data_format if src.data else (cfg.data_format if cfg else "auto"),
                             downscale=downscale, test_every=cfg.test_every if cfg else 8,
-                            skip_missing_images=cfg.skip_missing_images if cfg else False, background=background)
+                            skip_missing_images=cfg.skip_missing_images if cfg else False, background=background,
+                            distortion=cfg.distortion if cfg else "undistort")
     from recon.train.trainer import resolve_device
 
     return scene.to(resolve_device(src.device)), data, (Path(src.run) if src.run else None), cfg
@@ -290,7 +295,13 @@ def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "spli
         relight or (cfg is not None and explains_interreflection(cfg))))
     shading = ShadingSettings(integrator=integrator if src.integrator == "auto" else src.integrator, spp=src.spp,
                               supersample=src.supersample, indirect=indirect)
-    return RenderSettings(background=background, backend=src.backend, shading=shading)
+    from recon.renderers import GaussianSettings
+
+    method = src.gaussians_method
+    if method == "auto":
+        method = getattr(cfg, "render_method", "raster") if cfg is not None else "raster"
+    return RenderSettings(background=background, backend=src.backend, shading=shading,
+                          gaussians=GaussianSettings(method=method))
 
 
 def cmd_eval(args: list[str]) -> int:

@@ -101,3 +101,14 @@ def _build(family: str) -> ModuleType:
     except Exception as err:  # compiler missing, compile error, ninja missing, import error: all mean "no kernels"
         raise ExtensionBuildError(f"could not build the C++ extension {name!r} from {src_dir}: "
                                   f"{type(err).__name__}: {str(err).strip()[-2000:]}") from err
+
+
+def require_cpu_extension(family: str, device: torch.device, dtype: torch.dtype) -> ModuleType:
+    """The extension of ``cuda/<family>`` for an explicit ``backend="cpu"`` request: raises ``ValueError`` unless
+    the tensors are float32 on the CPU, and ``RuntimeError`` (with the compiler's reason) when it cannot be built."""
+    if device.type != "cpu" or dtype != torch.float32:
+        raise ValueError(f"backend 'cpu' needs float32 CPU tensors, got {dtype} on {device}")
+    try:
+        return load_cpu_extension(family)
+    except ExtensionBuildError as err:
+        raise RuntimeError(f"backend 'cpu' requested but the C++ kernels are unavailable: {err}") from err

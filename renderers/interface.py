@@ -24,6 +24,14 @@ class GaussianSettings:
     """Isotropic dilation (pixels^2) added to every projected 2D covariance, as in 3DGS."""
     tile_size: int = 16
     """Tile edge in pixels for binning."""
+    method: Literal["raster", "raycast"] = "raster"
+    """"raster": 3DGS tile rasterization (pinhole cameras only); "raycast": the Gaussian ray caster
+    (``recon.renderers.gaussians.raycast``: exact 3D evaluation along each ray, any camera model including
+    fisheye and OpenCV distortion, slower). Both honour ``eps2d`` (the ray caster as the equivalent 3D
+    dilation at each Gaussian's distance)."""
+    raycast_order: Literal["center", "hit"] = "center"
+    """Ray casting: composite in order of the Gaussians' centers along the ray (the rasterizer's order, so a
+    rasterization-trained scene looks the same) or of their maximum-response points (3DGRT's)."""
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class GaussianMethod(Method):
     state_keys = frozenset({"optimizer", "densify"})
 
     def render_settings(self) -> RenderSettings:
-        return RenderSettings(backend=self.cfg.backend, gaussians=GaussianSettings())
+        return RenderSettings(backend=self.cfg.backend, gaussians=GaussianSettings(method=self.cfg.render_method))
 
     def setup(self, state: dict | None, source: str) -> None:
         cfg = self.cfg

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from recon.renderers._build import ExtensionBuildError, load_cpu_extension
+from recon.renderers._build import ExtensionBuildError, load_cpu_extension, require_cpu_extension
 
 __all__ = ["RasterOutput", "rasterize_gaussians", "BACKENDS"]
 
@@ -137,12 +137,7 @@ def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "cpu":
-        if device.type != "cpu" or dtype != torch.float32:
-            raise ValueError(f"backend 'cpu' needs float32 CPU tensors, got {dtype} on {device}")
-        try:
-            _ext()
-        except ExtensionBuildError as err:
-            raise RuntimeError(f"backend 'cpu' requested but the C++ kernels are unavailable: {err}") from err
+        require_cpu_extension("gaussians", device, dtype)
     if backend == "gsplat" and (device.type != "cuda" or dtype != torch.float32):
         raise ValueError(f"backend 'gsplat' needs float32 CUDA tensors, got {dtype} on {device}")
     if backend != "auto":

@@ -1,4 +1,4 @@
-"""Render a GaussianScene through the rasterization op (one camera at a time)."""
+"""Render a GaussianScene through the rasterization op or the ray caster (one camera at a time)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def render_gaussians(scene: GaussianScene, cameras: Cameras, settings: RenderSet
     bg = torch.zeros(3, device=device) if bg is None else torch.as_tensor(bg, dtype=torch.float32, device=device)
     cams = cameras.to(device=device, dtype=torch.float32)
     centers = cams.centers()
+    if gs.method == "raycast":
+        from recon.renderers.gaussians.raycast_render import render_raycast
+
+        return render_raycast(scene, cams, settings, degree, bg)
+    if gs.method != "raster":
+        raise ValueError(f"settings.gaussians.method must be 'raster' or 'raycast', got {gs.method!r}")
+    if not cams.is_pinhole:
+        raise ValueError(f"cameras with the {cams.model!r} lens model cannot be rasterized: set "
+                         "settings.gaussians.method='raycast' (CLI: --gaussians-method raycast, or --render-method "
+                         "raycast when training), or load the data with distortion='undistort'")
     rgbs, alphas, depths, means2d, radii = [], [], [], [], []
     for c in range(len(cams)):
         colors = scene_colors(scene, centers[c], degree)

@@ -1,0 +1,185 @@
+"""Gaussian ray caster benchmark: BVH build, forward / backward time, shadow-ray throughput, agreement with the
+rasterizer, peak memory.
+
+    python bench/raycast.py --out FILE.json [--repeats N] [--threads 2]
+
+* Garden: the scene of ``bench/raster.py`` (``$RECON_TEST_DATA/gaussians/garden_points.npz``, camera 0, 648 x 420,
+  111,785 Gaussians with random scales / rotations / opacities). ``build_s``: the BVH (``GaussianRayCaster``);
+  ``forward_s`` / ``backward_s``: the op (one ray per pixel center, 8 x 8 pixel packets, "center" order) with
+  the loss ``(features * v).sum() + (alpha * va).sum() + (depth * vd).sum()`` (fixed random v), medians over
+  the repeats; ``render_*_s``: the same view through ``render(..., method="raycast")`` (dilation, projection
+  for densification, SH colors included). ``psnr_vs_raster``: that render against ``method="raster"`` (black
+  background). A PNG beside the JSON shows both images and their difference.
+* Shadow rays: ``shadow_rays_per_s`` on the bob_field scene as Gaussians (200,000 flat Gaussians sampled on
+  ``bob_field/mesh.ply`` by area, disc radius ~ the sample spacing, opacity 0.95): 1,000,000 rays from the
+  surface (offset 1e-3 along the normal) in cosine-distributed directions, ``transmittance`` with tmin 1e-3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def garden(repeats: int) -> tuple[dict, dict]:
+    from raster import load_scene
+
+    from recon.cameras import Cameras
+    from recon.renderers import GaussianSettings, RenderSettings, render
+    from recon.renderers.gaussians.raycast import GaussianRayCaster
+    from recon.renderers.gaussians.raycast_render import _tile_order
+    from recon.scenes.gaussians import GaussianScene
+    from recon.sh import SH_C0
+
+    (means, quats, scales, opac, colors), w2c, K, W, H = load_scene()
+    cams = Cameras(world_to_cam=w2c[None], K=K[None], width=W, height=H)
+    pix, _ = _tile_order(W, H, "cpu")
+    o, d = (x[0].contiguous() for x in cams.rays(pix[None]))
+    leaves = [p.clone().requires_grad_(True) for p in (means, quats, scales, opac, colors)]
+    g = torch.Generator().manual_seed(1)
+    v = [torch.randn(W * H, c, generator=g) for c in (3, 1, 1)]
+    build, fwd, bwd = [], [], []
+    for i in range(repeats + 1):  # the first iteration warms up (kernel load, first touches)
+        for p in leaves:
+            p.grad = None
+        t0 = time.perf_counter()
+        caster = GaussianRayCaster(*leaves[:4])
+        t1 = time.perf_counter()
+        out = caster.trace(o, d, leaves[4], tmin=0.01, packet=64)
+        t2 = time.perf_counter()
+        ((out.features * v[0]).sum() + (out.alpha * v[1]).sum() + (out.depth * v[2]).sum()).backward()
+        t3 = time.perf_counter()
+        if i:
+            build.append(t1 - t0)
+            fwd.append(t2 - t1)
+            bwd.append(t3 - t2)
+    hits = float(out.n_hits.float().mean())
+    n = len(means)
+    scene = GaussianScene(means, quats, scales.log(), torch.logit(opac.clamp(1e-6, 1 - 1e-6)),
+                          ((colors - 0.5) / SH_C0)[:, None], torch.zeros(n, 0, 3), 0)
+    images, rfwd, rbwd = {}, [], []
+    for method in ("raster", "raycast"):
+        for i in range(repeats + 1 if method == "raycast" else 1):
+            scene.zero_grad()
+            t0 = time.perf_counter()
+            r = render(scene, cams, RenderSettings(gaussians=GaussianSettings(method=method)))
+            t1 = time.perf_counter()
+            (r.rgb.sum() + r.depth.sum()).backward()
+            t2 = time.perf_counter()
+            if method == "raycast" and i:
+                rfwd.append(t1 - t0)
+                rbwd.append(t2 - t1)
+        images[method] = r.rgb[0].detach()
+    mse = float(((images["raster"] - images["raycast"]) ** 2).mean())
+    result = {
+        "build_s": statistics.median(build), "forward_s": statistics.median(fwd),
+        "backward_s": statistics.median(bwd), "forward_plus_backward_s": statistics.median(
+            f + b for f, b in zip(fwd, bwd)),
+        "build_all_s": build, "forward_all_s": fwd, "backward_all_s": bwd,
+        "render_forward_s": statistics.median(rfwd), "render_backward_s": statistics.median(rbwd),
+        "psnr_vs_raster": -10 * float(np.log10(max(mse, 1e-20))),
+        "mean_hits_per_ray": hits, "bvh": caster.stats, "num_gaussians": n, "width": W, "height": H,
+    }
+    return result, images
+
+
+def bob_shadow_rays(data_root: Path, n_rays: int = 1_000_000, n_gauss: int = 200_000) -> dict:
+    from recon.export.mesh_io import load_mesh
+    from recon.renderers.gaussians.raycast import GaussianRayCaster
+
+    mesh = load_mesh(data_root / "synthetic" / "bob_field" / "mesh.ply")
+    V, F = mesh.vertices.double(), mesh.faces.long()
+    a, b, c = V[F[:, 0]], V[F[:, 1]], V[F[:, 2]]
+    cross = torch.linalg.cross(b - a, c - a)
+    area = cross.norm(dim=-1)
+    g = torch.Generator().manual_seed(0)
+    tri = torch.multinomial(area, n_gauss, replacement=True, generator=g)
+    u, w = torch.rand(n_gauss, 1, generator=g, dtype=torch.float64), torch.rand(n_gauss, 1, generator=g,
+                                                                                   dtype=torch.float64)
+    flip = (u + w) > 1
+    u, w = torch.where(flip, 1 - u, u), torch.where(flip, 1 - w, w)
+    pts = a[tri] + u * (b[tri] - a[tri]) + w * (c[tri] - a[tri])
+    normal = cross[tri] / area[tri, None]
+    spacing = float((area.sum() / 2 / n_gauss) ** 0.5)
+    # A rotation taking z to the normal, as a quaternion (w, x, y, z): half-way vector construction.
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand_as(normal)
+    half = torch.nn.functional.normalize(z + normal, dim=-1)
+    quats = torch.cat([(z * half).sum(-1, keepdim=True), torch.linalg.cross(z, half)], -1)
+    quats[(z + normal).norm(dim=-1) < 1e-6] = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    scales = torch.tensor([spacing, spacing, spacing * 0.05], dtype=torch.float64).expand(n_gauss, 3)
+    caster = GaussianRayCaster(pts.float(), quats.float(), scales.float().contiguous(),
+                               torch.full((n_gauss,), 0.95))
+    idx = torch.randint(0, n_gauss, (n_rays,), generator=g)
+    # Cosine-distributed directions around the normal (Malley's method), in a frame built from the normal.
+    r1, r2 = torch.rand(n_rays, generator=g, dtype=torch.float64), torch.rand(n_rays, generator=g,
+                                                                             dtype=torch.float64)
+    local = torch.stack([r1.sqrt() * torch.cos(2 * np.pi * r2), r1.sqrt() * torch.sin(2 * np.pi * r2),
+                         (1 - r1).sqrt()], -1)
+    n = normal[idx]
+    t1 = torch.nn.functional.normalize(torch.linalg.cross(n, torch.where(n[:, :1].abs() < 0.9,
+                                       torch.tensor([[1.0, 0, 0]], dtype=torch.float64),
+                                       torch.tensor([[0.0, 1.0, 0]], dtype=torch.float64))), dim=-1)
+    t2 = torch.linalg.cross(n, t1)
+    dirs = (local[:, :1] * t1 + local[:, 1:2] * t2 + local[:, 2:] * n).float().contiguous()
+    origins = (pts[idx] + 1e-3 * n).float().contiguous()
+    caster.transmittance(origins[:1000], dirs[:1000], tmin=1e-3)  # warm up
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        T = caster.transmittance(origins, dirs, tmin=1e-3)
+        times.append(time.perf_counter() - t0)
+    return {"shadow_rays_per_s": n_rays / statistics.median(times), "shadow_s": times,
+            "shadow_rays": n_rays, "shadow_gaussians": n_gauss, "occluded_fraction": float((T < 0.5).float().mean()),
+            "mean_transmittance": float(T.mean())}
+
+
+def save_png(images: dict, path: Path) -> None:
+    from PIL import Image
+
+    a, b = images["raster"].clamp(0, 1), images["raycast"].clamp(0, 1)
+    diff = ((a - b).abs() * 10).clamp(0, 1)
+    strip = torch.cat([a, b, diff], dim=1)
+    Image.fromarray((strip.numpy() * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    root = Path(os.environ.get("RECON_TEST_DATA", REPO.parent / "shared" / "data"))
+    baseline = rss_mb()
+    report, images = garden(args.repeats)
+    report.update(bob_shadow_rays(root))
+    report.update({"peak_rss_mb": rss_mb(), "baseline_rss_mb": baseline, "threads": torch.get_num_threads(),
+                   "load_average_1min": os.getloadavg()[0]})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    save_png(images, args.out.with_suffix(".png"))
+    print(f"build {report['build_s']:.3f} s  forward {report['forward_s']:.3f} s  backward {report['backward_s']:.3f} s"
+          f"  (render(): {report['render_forward_s']:.3f} + {report['render_backward_s']:.3f} s)")
+    print(f"psnr vs raster {report['psnr_vs_raster']:.2f} dB  shadow rays {report['shadow_rays_per_s'] / 1e6:.2f} M/s"
+          f"  peak RSS {report['peak_rss_mb']:.0f} MB")
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
