@@ -99,54 +99,81 @@ def garden(repeats: int) -> tuple[dict, dict]:
     return result, images
 
 
-def bob_shadow_rays(data_root: Path, n_rays: int = 1_000_000, n_gauss: int = 200_000) -> dict:
+def _surface_samples(mesh_path: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Area-uniform points on a mesh, their face normals, and the mean sample spacing."""
     from recon.export.mesh_io import load_mesh
-    from recon.renderers.gaussians.raycast import GaussianRayCaster
 
-    mesh = load_mesh(data_root / "synthetic" / "bob_field" / "mesh.ply")
-    V, F = mesh.vertices.double(), mesh.faces.long()
+    mesh = load_mesh(mesh_path)
+    V, F = mesh.vertices.detach().double(), mesh.faces.long()
     a, b, c = V[F[:, 0]], V[F[:, 1]], V[F[:, 2]]
     cross = torch.linalg.cross(b - a, c - a)
     area = cross.norm(dim=-1)
-    g = torch.Generator().manual_seed(0)
-    tri = torch.multinomial(area, n_gauss, replacement=True, generator=g)
-    u, w = torch.rand(n_gauss, 1, generator=g, dtype=torch.float64), torch.rand(n_gauss, 1, generator=g,
-                                                                                   dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    tri = torch.multinomial(area, n, replacement=True, generator=g)
+    u, w = (torch.rand(n, 1, generator=g, dtype=torch.float64) for _ in range(2))
     flip = (u + w) > 1
     u, w = torch.where(flip, 1 - u, u), torch.where(flip, 1 - w, w)
     pts = a[tri] + u * (b[tri] - a[tri]) + w * (c[tri] - a[tri])
-    normal = cross[tri] / area[tri, None]
-    spacing = float((area.sum() / 2 / n_gauss) ** 0.5)
-    # A rotation taking z to the normal, as a quaternion (w, x, y, z): half-way vector construction.
-    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand_as(normal)
-    half = torch.nn.functional.normalize(z + normal, dim=-1)
-    quats = torch.cat([(z * half).sum(-1, keepdim=True), torch.linalg.cross(z, half)], -1)
-    quats[(z + normal).norm(dim=-1) < 1e-6] = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
-    scales = torch.tensor([spacing, spacing, spacing * 0.05], dtype=torch.float64).expand(n_gauss, 3)
-    caster = GaussianRayCaster(pts.float(), quats.float(), scales.float().contiguous(),
-                               torch.full((n_gauss,), 0.95))
-    idx = torch.randint(0, n_gauss, (n_rays,), generator=g)
-    # Cosine-distributed directions around the normal (Malley's method), in a frame built from the normal.
-    r1, r2 = torch.rand(n_rays, generator=g, dtype=torch.float64), torch.rand(n_rays, generator=g,
-                                                                             dtype=torch.float64)
+    return pts, cross[tri] / area[tri, None], float((area.sum() / 2 / n) ** 0.5)
+
+
+def _shadow_rays(mesh_path: Path, n_rays: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays from surface points (offset 1e-3 along the normal) in cosine-distributed directions around it."""
+    pts, n, _ = _surface_samples(mesh_path, n_rays, seed=1)
+    g = torch.Generator().manual_seed(2)
+    r1, r2 = (torch.rand(n_rays, generator=g, dtype=torch.float64) for _ in range(2))
     local = torch.stack([r1.sqrt() * torch.cos(2 * np.pi * r2), r1.sqrt() * torch.sin(2 * np.pi * r2),
                          (1 - r1).sqrt()], -1)
-    n = normal[idx]
-    t1 = torch.nn.functional.normalize(torch.linalg.cross(n, torch.where(n[:, :1].abs() < 0.9,
-                                       torch.tensor([[1.0, 0, 0]], dtype=torch.float64),
-                                       torch.tensor([[0.0, 1.0, 0]], dtype=torch.float64))), dim=-1)
+    helper = torch.where(n[:, :1].abs() < 0.9, torch.tensor([[1.0, 0, 0]], dtype=torch.float64),
+                         torch.tensor([[0.0, 1.0, 0]], dtype=torch.float64))
+    t1 = torch.nn.functional.normalize(torch.linalg.cross(n, helper), dim=-1)
     t2 = torch.linalg.cross(n, t1)
-    dirs = (local[:, :1] * t1 + local[:, 1:2] * t2 + local[:, 2:] * n).float().contiguous()
-    origins = (pts[idx] + 1e-3 * n).float().contiguous()
+    dirs = local[:, :1] * t1 + local[:, 1:2] * t2 + local[:, 2:] * n
+    return (pts + 1e-3 * n).float().contiguous(), dirs.float().contiguous()
+
+
+def _disc_gaussians(mesh_path: Path, n: int) -> list[torch.Tensor]:
+    """Flat Gaussians on the surface: disc sigma = sample spacing, thickness 5 %, opacity 0.95."""
+    pts, normal, spacing = _surface_samples(mesh_path, n, seed=0)
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand_as(normal)
+    half = torch.nn.functional.normalize(z + normal, dim=-1)  # rotation z -> normal: the half-way quaternion
+    quats = torch.cat([(z * half).sum(-1, keepdim=True), torch.linalg.cross(z, half)], -1)
+    quats[(z + normal).norm(dim=-1) < 1e-6] = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    scales = torch.tensor([spacing, spacing, spacing * 0.05], dtype=torch.float64).expand(n, 3)
+    return [pts.float(), quats.float(), scales.float().contiguous(), torch.full((n,), 0.95)]
+
+
+def shadow_throughput(gaussians: list[torch.Tensor], mesh_path: Path, n_rays: int) -> dict:
+    from recon.renderers.gaussians.raycast import GaussianRayCaster
+
+    caster = GaussianRayCaster(*gaussians)
+    origins, dirs = _shadow_rays(mesh_path, n_rays)
     caster.transmittance(origins[:1000], dirs[:1000], tmin=1e-3)  # warm up
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
         T = caster.transmittance(origins, dirs, tmin=1e-3)
         times.append(time.perf_counter() - t0)
-    return {"shadow_rays_per_s": n_rays / statistics.median(times), "shadow_s": times,
-            "shadow_rays": n_rays, "shadow_gaussians": n_gauss, "occluded_fraction": float((T < 0.5).float().mean()),
+    return {"rays_per_s": n_rays / statistics.median(times), "seconds": times, "rays": n_rays,
+            "gaussians": len(gaussians[0]), "occluded_fraction": float((T < 0.5).float().mean()),
             "mean_transmittance": float(T.mean())}
+
+
+def bob_shadow_rays(data_root: Path, trained: Path | None, n_rays: int = 1_000_000) -> dict:
+    """Shadow rays on bob_field: through a trained Gaussian scene of it when given (a 3DGS PLY), and through
+    200,000 flat Gaussians sampled on its mesh (a denser, harder stand-in)."""
+    mesh_path = data_root / "synthetic" / "bob_field" / "mesh.ply"
+    out = {"shadow_discs": shadow_throughput(_disc_gaussians(mesh_path, 200_000), mesh_path, n_rays)}
+    if trained is not None:
+        from recon.export.scenes import load_scene_file
+
+        scene = load_scene_file(trained)
+        params = [x.detach().contiguous() for x in (scene.means, scene.quats, scene.scales, scene.opacities)]
+        out["shadow_trained"] = shadow_throughput(params, mesh_path, n_rays)
+        out["shadow_trained"]["scene"] = str(trained)
+    main = out.get("shadow_trained", out["shadow_discs"])
+    out["shadow_rays_per_s"] = main["rays_per_s"]
+    return out
 
 
 def save_png(images: dict, path: Path) -> None:
@@ -163,12 +190,15 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="JSON file to write")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bob-scene", type=Path, default=None,
+                    help="a trained Gaussian scene of bob_field (3DGS PLY, e.g. RUN/exports/scene.ply of "
+                         "`recon train --config configs/gaussians-bob_field.yaml`) for the shadow-ray figure")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(os.environ.get("RECON_TEST_DATA", REPO.parent / "shared" / "data"))
     baseline = rss_mb()
     report, images = garden(args.repeats)
-    report.update(bob_shadow_rays(root))
+    report.update(bob_shadow_rays(root, args.bob_scene))
     report.update({"peak_rss_mb": rss_mb(), "baseline_rss_mb": baseline, "threads": torch.get_num_threads(),
                    "load_average_1min": os.getloadavg()[0]})
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../gaussians/gs_math.h"
+#include "../mesh_bvh/bvh.h"  // Node4, make_ray, hit_node4: the four-wide SIMD box test of the mesh BVH
 
 // cols: 0 for a vector [rows], -1 for any [rows, D], else [rows, cols].
 #define GRT_CHECK(x, rows, cols)                                                                          \
@@ -56,6 +57,11 @@ struct alignas(64) Prim {
 };
 static_assert(sizeof(Prim) == 64, "Prim must stay one cache line");
 
+// Up to four Gaussians of one leaf, structure of arrays (unused lanes have k2 = -1: never hit).
+struct alignas(32) Block4 {
+  float M[9][4], mu[3][4], k2[4], opacity[4];
+};
+
 // A hit waiting in the traversal's queue, ordered by (t, id).
 struct Pending {
   float key, t, alpha_raw;
@@ -78,7 +84,7 @@ struct Scratch {
   std::vector<StackEntry> stack;
   std::vector<int32_t> nodes;                    // packet traversal stack
   std::vector<std::pair<float, int32_t>> cands;  // packet candidates: (lower bound of the key, prim)
-  std::vector<float> soa;                        // their M and mu, structure of arrays
+  std::vector<float> soa;                        // their M, mu and k2, structure of arrays
   std::vector<Pending> pending;  // sorted by decreasing (key, id): the next hit to composite is at the back
   std::vector<Hit> hits;
 };
@@ -139,8 +145,16 @@ class Bvh {
   bool gather(const float* o, const float* dirs, int64_t count, Order order, Scratch& s) const;
   void check_rays(const at::Tensor& origins, const at::Tensor& dirs) const;
 
+  void collapse();
+
   int64_t n_;
   std::vector<Node> nodes_;
+  // The same tree collapsed to four-wide nodes (lanes: inner node index, or a leaf's first prim and count), for
+  // the unordered transmittance queries, which test four child boxes with one SIMD slab test.
+  std::vector<mesh_bvh::Node4> nodes4_;
+  // Every leaf's (at most 4) Gaussians as one structure-of-arrays block, so one SIMD pass over contiguous
+  // memory tests them all; the four-wide nodes' leaf lanes index these blocks.
+  std::vector<Block4> blocks_;
   std::vector<Prim> prims_;
   at::Tensor means_, quats_, scales_;  // the inputs, for the backward pass
   int64_t depth_ = 0;

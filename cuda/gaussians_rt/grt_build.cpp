@@ -187,6 +187,74 @@ Bvh::Bvh(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& sca
   }
   prims_.resize(P);
   for (int64_t i = 0; i < P; ++i) prims_[i] = all[items[i].slot];
+  collapse();
+}
+
+void Bvh::collapse() {
+  nodes4_.clear();
+  blocks_.clear();
+  if (prims_.empty()) return;
+  auto area = [&](int32_t i) {
+    const Node& n = nodes_[i];
+    const float dx = n.hi[0] - n.lo[0], dy = n.hi[1] - n.lo[1], dz = n.hi[2] - n.lo[2];
+    return dx * dy + dy * dz + dz * dx;
+  };
+  // (binary node, four-wide node to fill); a binary leaf at the root becomes a one-lane node.
+  std::vector<std::pair<int32_t, int32_t>> todo{{0, 0}};
+  nodes4_.emplace_back();
+  while (!todo.empty()) {
+    const auto [b, slot] = todo.back();
+    todo.pop_back();
+    int32_t kids[4];
+    int m = 0;
+    if (nodes_[b].count > 0) {
+      kids[m++] = b;
+    } else {
+      kids[m++] = nodes_[b].first;
+      kids[m++] = nodes_[b].first + 1;
+    }
+    // Open the largest inner child until four lanes are used or only leaves remain.
+    while (m < 4) {
+      int best = -1;
+      for (int j = 0; j < m; ++j)
+        if (nodes_[kids[j]].count == 0 && (best < 0 || area(kids[j]) > area(kids[best]))) best = j;
+      if (best < 0) break;
+      const int32_t open = kids[best];
+      kids[best] = nodes_[open].first;
+      kids[m++] = nodes_[open].first + 1;
+    }
+    mesh_bvh::Node4 n4;
+    for (int l = 0; l < 4; ++l) {
+      for (int k = 0; k < 3; ++k) n4.lo[k][l] = INFINITY, n4.hi[k][l] = -INFINITY;
+      n4.child[l] = 0;
+      n4.count[l] = -1;
+    }
+    for (int l = 0; l < m; ++l) {
+      const Node& c = nodes_[kids[l]];
+      for (int k = 0; k < 3; ++k) n4.lo[k][l] = c.lo[k], n4.hi[k][l] = c.hi[k];
+      if (c.count > 0) {
+        TORCH_CHECK(c.count <= 4, "internal: a leaf holds more than 4 Gaussians");
+        Block4 blk;
+        for (int j = 0; j < 4; ++j) {
+          const bool used = j < c.count;
+          const Prim& g = prims_[c.first + (used ? j : 0)];
+          for (int k = 0; k < 9; ++k) blk.M[k][j] = g.M[k];
+          for (int k = 0; k < 3; ++k) blk.mu[k][j] = g.mu[k];
+          blk.k2[j] = used ? g.k2 : -1.f;
+          blk.opacity[j] = g.opacity;
+        }
+        n4.child[l] = (int32_t)blocks_.size();
+        n4.count[l] = c.count;
+        blocks_.push_back(blk);
+      } else {
+        n4.child[l] = (int32_t)nodes4_.size();
+        n4.count[l] = 0;
+        nodes4_.emplace_back();
+        todo.emplace_back(kids[l], n4.child[l]);
+      }
+    }
+    nodes4_[slot] = n4;
+  }
 }
 
 at::Tensor Bvh::nodes_tensor() const {

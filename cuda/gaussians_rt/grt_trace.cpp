@@ -207,13 +207,14 @@ bool Bvh::gather(const float* o, const float* dirs, int64_t count, Order order, 
     }
   }
   std::sort(cands.begin(), cands.end());
-  // Structure of arrays of the candidates (M row-major 0-8, mu 9-11), so the per-ray response loop vectorizes.
+  // Structure of arrays of the candidates (M row-major 0-8, mu 9-11, k2 12), so the per-ray loop vectorizes.
   const size_t C = cands.size();
-  s.soa.resize(12 * C);
+  s.soa.resize(13 * C);
   for (size_t i = 0; i < C; ++i) {
     const Prim& g = prims_[cands[i].second];
     for (int k = 0; k < 9; ++k) s.soa[k * C + i] = g.M[k];
     for (int k = 0; k < 3; ++k) s.soa[(9 + k) * C + i] = g.mu[k];
+    s.soa[12 * C + i] = g.k2;
   }
   return true;
 }
@@ -250,10 +251,11 @@ void Bvh::scan(const float* o, const float* d, float tmin, float tmax, Order ord
       keyb[j] = -(po0 * d[0] + po1 * d[1] + po2 * d[2]) * idd;
     }
     for (size_t j = 0; j < nb; ++j) {
-      if (!flush(s.cands[b0 + j].first)) return;
+      const float lb = s.cands[b0 + j].first;
+      if (!pending.empty() && pending.back().key <= lb && !flush(lb)) return;
+      if (!(m2b[j] <= A[12 * C + b0 + j]) || !(tb[j] >= tmin && tb[j] <= tmax)) continue;
       const int32_t k = s.cands[b0 + j].second;
       const Prim& g = prims_[k];
-      if (!(m2b[j] <= g.k2) || !(tb[j] >= tmin && tb[j] <= tmax)) continue;
       const float alpha_raw = g.opacity * std::exp(-0.5f * m2b[j]);
       if (!(alpha_raw >= gs::kAlphaMin)) continue;
       const Pending h{order == kHit ? tb[j] : keyb[j], tb[j], alpha_raw, g.id, k};
@@ -480,39 +482,127 @@ std::vector<at::Tensor> Bvh::trace_backward(const at::Tensor& origins, const at:
   return {v_means, v_quats, v_scales, v_opac, v_colors};
 }
 
+namespace {
+
+// respond() for a block's four Gaussians at once: m2 and t* only. Explicit SSE (the compiler does not vectorize
+// the scalar loop on its own); the scalar loop is the portable fallback.
+// Returns the mask of lanes (< count) whose ellipsoid the ray meets within [tmin, tmax].
+inline int responses4(const Block4& b, const float* o, const float* d, float tmin, float tmax, int count, float* m2,
+                      float* t) {
+#if defined(__SSE2__)
+  const __m128 o0 = _mm_set1_ps(o[0]), o1 = _mm_set1_ps(o[1]), o2 = _mm_set1_ps(o[2]);
+  const __m128 d0 = _mm_set1_ps(d[0]), d1 = _mm_set1_ps(d[1]), d2 = _mm_set1_ps(d[2]);
+  const __m128 po0 = _mm_sub_ps(o0, _mm_load_ps(b.mu[0])), po1 = _mm_sub_ps(o1, _mm_load_ps(b.mu[1])),
+               po2 = _mm_sub_ps(o2, _mm_load_ps(b.mu[2]));
+  auto row = [&](int r, __m128 x, __m128 y, __m128 z) {
+    return _mm_add_ps(_mm_add_ps(_mm_mul_ps(_mm_load_ps(b.M[3 * r]), x), _mm_mul_ps(_mm_load_ps(b.M[3 * r + 1]), y)),
+                      _mm_mul_ps(_mm_load_ps(b.M[3 * r + 2]), z));
+  };
+  const __m128 p0 = row(0, po0, po1, po2), p1 = row(1, po0, po1, po2), p2 = row(2, po0, po1, po2);
+  const __m128 q0 = row(0, d0, d1, d2), q1 = row(1, d0, d1, d2), q2 = row(2, d0, d1, d2);
+  auto dot = [](__m128 a0, __m128 a1, __m128 a2, __m128 b0, __m128 b1, __m128 b2) {
+    return _mm_add_ps(_mm_add_ps(_mm_mul_ps(a0, b0), _mm_mul_ps(a1, b1)), _mm_mul_ps(a2, b2));
+  };
+  // A zero q (never for valid Gaussians and rays) gives NaN, and NaN fails every hit test.
+  const __m128 tt = _mm_sub_ps(_mm_setzero_ps(), _mm_div_ps(dot(p0, p1, p2, q0, q1, q2), dot(q0, q1, q2, q0, q1, q2)));
+  const __m128 x0 = _mm_add_ps(p0, _mm_mul_ps(tt, q0)), x1 = _mm_add_ps(p1, _mm_mul_ps(tt, q1)),
+               x2 = _mm_add_ps(p2, _mm_mul_ps(tt, q2));
+  const __m128 mm = dot(x0, x1, x2, x0, x1, x2);
+  _mm_storeu_ps(t, tt);
+  _mm_storeu_ps(m2, mm);
+  const __m128 ok = _mm_and_ps(_mm_cmple_ps(mm, _mm_load_ps(b.k2)),
+                               _mm_and_ps(_mm_cmpge_ps(tt, _mm_set1_ps(tmin)), _mm_cmple_ps(tt, _mm_set1_ps(tmax))));
+  return _mm_movemask_ps(ok) & ((1 << count) - 1);
+#else
+  int mask = 0;
+  for (int j = 0; j < 4; ++j) {
+    const float po0 = o[0] - b.mu[0][j], po1 = o[1] - b.mu[1][j], po2 = o[2] - b.mu[2][j];
+    const float p0 = b.M[0][j] * po0 + b.M[1][j] * po1 + b.M[2][j] * po2;
+    const float p1 = b.M[3][j] * po0 + b.M[4][j] * po1 + b.M[5][j] * po2;
+    const float p2 = b.M[6][j] * po0 + b.M[7][j] * po1 + b.M[8][j] * po2;
+    const float q0 = b.M[0][j] * d[0] + b.M[1][j] * d[1] + b.M[2][j] * d[2];
+    const float q1 = b.M[3][j] * d[0] + b.M[4][j] * d[1] + b.M[5][j] * d[2];
+    const float q2 = b.M[6][j] * d[0] + b.M[7][j] * d[1] + b.M[8][j] * d[2];
+    const float tt = -(p0 * q0 + p1 * q1 + p2 * q2) / (q0 * q0 + q1 * q1 + q2 * q2);
+    const float x0 = p0 + tt * q0, x1 = p1 + tt * q1, x2 = p2 + tt * q2;
+    t[j] = tt;
+    m2[j] = x0 * x0 + x1 * x1 + x2 * x2;
+    mask |= (j < count && m2[j] <= b.k2[j] && tt >= tmin && tt <= tmax) << j;
+  }
+  return mask;
+#endif
+}
+
+}  // namespace
+
 at::Tensor Bvh::transmittance(const at::Tensor& origins, const at::Tensor& dirs, double tmin, double tmax) const {
   check_rays(origins, dirs);
   const int64_t R = origins.size(0);
   auto out = at::ones({R}, at::kFloat);
   const float *op = origins.data_ptr<float>(), *dp = dirs.data_ptr<float>();
   float* tp = out.data_ptr<float>();
-  if (prims_.empty()) return out;
-  at::parallel_for(0, R, 256, [&](int64_t b, int64_t e) {
-    std::vector<int32_t> stack;
-    stack.reserve(128);
+  if (prims_.empty() || R == 0) return out;
+  // Visit the rays in Morton order of their origins: neighbouring rays then touch the same nodes and
+  // Gaussians, which keeps them in cache (shadow rays often arrive in no useful order).
+  float lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
+  for (int64_t r = 0; r < R; ++r)
+    for (int k = 0; k < 3; ++k) lo[k] = std::min(lo[k], op[3 * r + k]), hi[k] = std::max(hi[k], op[3 * r + k]);
+  // A counting sort on the top 16 bits of a 30-bit Morton code (10 bits per axis) is fine-grained enough.
+  std::vector<uint16_t> key(R);
+  at::parallel_for(0, R, 4096, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
+      uint32_t code = 0;
+      for (int k = 0; k < 3; ++k) {
+        const float span = hi[k] - lo[k];
+        const float f = span > 0.f ? (op[3 * r + k] - lo[k]) / span : 0.f;
+        const uint32_t q = (uint32_t)std::min(1023.f, std::max(0.f, f * 1023.f));  // NaN -> 0
+        for (int bit = 0; bit < 10; ++bit) code |= ((q >> bit) & 1u) << (3 * bit + k);
+      }
+      key[r] = (uint16_t)(code >> 14);
+    }
+  });
+  std::vector<int64_t> start(65537, 0);
+  for (int64_t r = 0; r < R; ++r) ++start[key[r] + 1];
+  for (int b = 0; b < 65536; ++b) start[b + 1] += start[b];
+  std::vector<int32_t> order(R);
+  for (int64_t r = 0; r < R; ++r) order[start[key[r]]++] = (int32_t)r;
+  const float ftmin = (float)tmin, ftmax = (float)tmax;
+  mesh_bvh::parallel_chunks(R, 1024, [&](int64_t b, int64_t e) {
+    int32_t stack[mesh_bvh::kStackSize];
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t r = order[i];
       const float* o = op + 3 * r;
       const float* d = dp + 3 * r;
-      const RayBox rb = make_raybox(o, d);
-      float T = 1.f, tn;
-      stack.clear();
-      if (enter(nodes_[0], rb, (float)tmin, (float)tmax, &tn)) stack.push_back(0);
-      while (!stack.empty() && T > 0.f) {
-        const Node& n = nodes_[stack.back()];
-        stack.pop_back();
-        if (n.count > 0) {
-          for (int32_t k = n.first; k < n.first + n.count; ++k) {
-            Response rs;
-            if (!respond(prims_[k], o, d, rs) || !(rs.t >= tmin && rs.t <= tmax)) continue;
-            T *= 1.f - std::min(rs.alpha_raw, gs::kAlphaMax);
+      const mesh_bvh::Ray ray = mesh_bvh::make_ray(o, d);
+      if (!ray.valid) continue;
+      // Box distances are in units of the scaled direction (mesh_bvh::make_ray).
+      const float flo = (float)(tmin * ray.scale), fhi = (float)(std::min(tmax, 3e38) * ray.scale) * mesh_bvh::kRobust;
+      float T = 1.f;
+      int sp = 0;
+      stack[sp++] = 0;
+      while (sp > 0 && T > 0.f) {
+        const mesh_bvh::Node4& n = nodes4_[stack[--sp]];
+        alignas(16) float tn[4];
+        int mask = mesh_bvh::hit_node4(n, ray, flo, fhi, tn);
+        while (mask && T > 0.f) {
+          const int l = __builtin_ctz(mask);
+          mask &= mask - 1;
+          if (n.count[l] == 0) {
+            stack[sp++] = n.child[l];
+            continue;
+          }
+          const Block4& blk = blocks_[n.child[l]];
+          alignas(16) float m2[4], t[4];
+          for (int hits = responses4(blk, o, d, ftmin, ftmax, n.count[l], m2, t); hits; hits &= hits - 1) {
+            const int j = __builtin_ctz(hits);
+            const float alpha_raw = blk.opacity[j] * std::exp(-0.5f * m2[j]);
+            if (!(alpha_raw >= gs::kAlphaMin)) continue;
+            T *= 1.f - std::min(alpha_raw, gs::kAlphaMax);
             if (T < gs::kTMin) {
               T = 0.f;
               break;
             }
           }
-        } else {
-          for (int c = 0; c < 2; ++c)
-            if (enter(nodes_[n.first + c], rb, (float)tmin, (float)tmax, &tn)) stack.push_back(n.first + c);
         }
       }
       tp[r] = T;
