@@ -33,10 +33,12 @@ def _bench_train():
 _TRAIN = _bench_train()
 launch, mesh_chamfer = _TRAIN.launch, _TRAIN.mesh_chamfer
 
-# The issue's first bars (20 min and 4 GB on 2 CPU cores).
+# The issues' first bars (20 min and 4 GB on 2 CPU cores); relightable Gaussians: normals <= 10 deg, novel
+# views >= 33 dB (issue 9).
 TARGETS = {"albedo_psnr": (">=", 27.0), "roughness_mae": ("<=", 0.10), "normal_mae_deg": ("<=", 8.0),
            "relight_psnr": (">=", 27.0), "psnr": (">=", 30.0), "wall_seconds": ("<=", 1200),
            "peak_rss_mb": ("<=", 4096)}
+METHOD_TARGETS = {"gaussians-pbr": {"normal_mae_deg": ("<=", 10.0), "psnr": (">=", 33.0)}}
 MAX_CHAMFER = {"bob_field": 0.008, "armadillo_field": 0.006}
 KEYS = ("albedo_psnr", "albedo_ssim", "albedo_psnr_full", "albedo_psnr_unaligned", "roughness_mae",
         "normal_mae_deg", "relight_psnr", "relight_ssim", "relight_psnr_full", "relight_psnr_unaligned")
@@ -54,17 +56,19 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
     curve[-1].update({k: ir.get(k) for k in KEYS})
     result = {"method": method, "scene": scene, "psnr": summary["psnr"], "ssim": summary["ssim"],
               **{k: ir.get(k) for k in KEYS}, "relight": ir.get("relight"), "num_faces": summary.get("num_faces"),
+              "num_gaussians": summary.get("num_gaussians"),
               "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": " ".join(cmd), "curve": curve}
-    if (data / "mesh.ply").is_file():
+    if (data / "mesh.ply").is_file() and method == "mesh-pbr":  # the surface is a mesh's only
         result["chamfer"] = mesh_chamfer(run_dir, data / "mesh.ply")
+    targets = {**TARGETS, **METHOD_TARGETS.get(method, {})}
     checks = {}
-    for key, (op, bound) in TARGETS.items():
+    for key, (op, bound) in targets.items():
         value = result.get(key)
         checks[key] = value is not None and (value >= bound if op == ">=" else value <= bound)
     if scene in MAX_CHAMFER and "chamfer" in result:
         checks["chamfer"] = result["chamfer"]["chamfer"] <= MAX_CHAMFER[scene]
-    result["targets"] = {**{k: f"{op} {b}" for k, (op, b) in TARGETS.items()},
+    result["targets"] = {**{k: f"{op} {b}" for k, (op, b) in targets.items()},
                          "chamfer": f"<= {MAX_CHAMFER.get(scene)}"}
     result["meets"] = checks
     print(f"bench: {method} {scene}: " + ", ".join(f"{k} {result[k]}" for k in ("psnr", *KEYS[:7], "wall_seconds",
@@ -103,7 +107,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--method", choices=("mesh-pbr",), default="mesh-pbr")
+    parser.add_argument("--method", choices=("mesh-pbr", "gaussians-pbr"), default="mesh-pbr")
     parser.add_argument("--scenes", default="bob_field,armadillo_field")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--runs", type=Path, default=None, help="where run directories go (default: next to --out)")

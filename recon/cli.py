@@ -16,7 +16,7 @@ from recon.train.config import METHODS, load_config_file, validate
 
 USAGE = """usage: recon {train,eval,render,relight,export} ...
 
-  recon train [gaussians|mesh|mesh-pbr] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon train [gaussians|gaussians-pbr|mesh|mesh-pbr] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
   recon eval RUN | --scene FILE --data DIR
   recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
   recon render --scene FILE.{ply,obj,glb} --data DIR [--split test] [--out DIR]
@@ -285,13 +285,17 @@ def _run_integrator(cfg) -> str:
 
 
 def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "splitsum", cfg=None,
-              relight: bool = False):
+              relight: bool = False, scene=None):
     from recon.renderers import RenderSettings, ShadingSettings
     from recon.train.mesh_pbr import explains_interreflection
 
     if src.spp < 1 or src.supersample < 1:
         raise ValueError(f"--spp and --supersample must be >= 1, got {src.spp} and {src.supersample}")
-    indirect = src.indirect == "on" or (src.indirect == "auto" and (
+    from recon.scenes.gaussians_pbr import PBRGaussianScene
+
+    # The indirect bounce needs surface hits (meshes); relightable Gaussians trace shadow rays only.
+    bounces = not isinstance(getattr(scene, "geometry", None), PBRGaussianScene)
+    indirect = src.indirect == "on" or (src.indirect == "auto" and bounces and (
         relight or (cfg is not None and explains_interreflection(cfg))))
     shading = ShadingSettings(integrator=integrator if src.integrator == "auto" else src.integrator, spp=src.spp,
                               supersample=src.supersample, indirect=indirect)
@@ -483,7 +487,7 @@ def cmd_relight(args: list[str]) -> int:
     cams, names = _camera_path(a, data)
     out_dir = a.out or ((run_dir / "relight" / a.envmap.stem) if run_dir else Path("relight") / a.envmap.stem)
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
-    settings = _settings(a, bg, integrator="mc", cfg=cfg, relight=True)
+    settings = _settings(a, bg, integrator="mc", cfg=cfg, relight=True, scene=scene)
     frames = _write_frames(scene, cams, names, settings, channels, out_dir)
     print(f"recon relight: wrote {len(names)} frames under {a.envmap} to {out_dir}")
     if a.path == "orbit":

@@ -27,6 +27,8 @@ def scaled_albedo(scene, scale: torch.Tensor):
     glTF base-color factor, so textures, vertex colors and factors all scale)."""
     from recon.scenes.lit import LitScene
 
+    if hasattr(scene.geometry, "scaled_base_color"):  # relightable Gaussians
+        return LitScene(scene.geometry.scaled_base_color(scale), scene.light)
     geometry = scene.geometry.detach_copy()
     with torch.no_grad():
         geometry.base_color_factor[:3] *= scale.to(geometry.base_color_factor)

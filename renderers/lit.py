@@ -27,6 +27,12 @@ def _render_once(scene: LitScene, cameras: Cameras, settings: RenderSettings) ->
 
     if isinstance(scene.geometry, MeshScene):
         return render_mesh_arrays(mesh_arrays(scene.geometry), cameras, settings, shading="pbr", light=scene.light)
+    from recon.scenes.gaussians_pbr import PBRGaussianScene
+
+    if isinstance(scene.geometry, PBRGaussianScene):
+        from recon.renderers.gaussians.pbr import render_gaussians_pbr
+
+        return render_gaussians_pbr(scene.geometry, cameras, settings, scene.light)
     raise TypeError(f"LitScene: no PBR renderer for geometry of type {type(scene.geometry).__name__}")
 
 

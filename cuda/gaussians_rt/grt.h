@@ -6,7 +6,7 @@
 // frame (M = S^-1 R^T), p = M (orig - mu), q = M d:
 //   t* = -(p.q) / (q.q),   x* = p + t* q,   m2 = |x*|^2,   alpha = min(0.99, o exp(-m2 / 2)).
 // A hit counts when tmin <= t* <= tmax and o exp(-m2 / 2) >= 1/255 (the rasterizer's rule); hits are composited
-// front to back in order of (t*, id), stopping before the hit that would take the transmittance below 1e-4 (the
+// front to back in order of (key, id) -- key = (mu - o).d / |d|^2 ("center") or t* ("hit") -- stopping before the hit that would take the transmittance below 1e-4 (the
 // rasterizer's rule). alpha >= 1/255 <=> m2 <= 2 ln(255 o), i.e. the ray meets the ellipsoid of that radius in
 // sigma units, whose box is what the BVH holds; t* lies inside that ellipsoid, hence inside every box on the way
 // to it, which is what makes the ordered traversal exact.

@@ -11,7 +11,9 @@ namespace grt {
 namespace {
 
 constexpr int kBins = 16;
-constexpr int kMaxDepth = 96;
+// SAH splits above this depth, object-median splits below, so the depth stays under kMaxDepth + 32 and the
+// four-wide traversal's fixed stack (mesh_bvh::kStackSize) suffices.
+constexpr int kMaxDepth = mesh_bvh::kMaxSahDepth;
 
 struct Box {
   float lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
@@ -42,7 +44,8 @@ Bvh::Bvh(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& sca
   GRT_CHECK(quats, N, 4);
   GRT_CHECK(scales, N, 3);
   GRT_CHECK(opacities, N, 0);
-  TORCH_CHECK_VALUE(leaf_size >= 1 && leaf_size <= 64, "leaf_size must be in [1, 64], got ", leaf_size);
+  TORCH_CHECK_VALUE(leaf_size >= 1 && leaf_size <= 4, "leaf_size must be in [1, 4] (a four-wide leaf block), got ",
+                    leaf_size);
   n_ = N;
   means_ = means.clone();
   quats_ = quats.clone();

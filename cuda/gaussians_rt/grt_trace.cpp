@@ -1,9 +1,11 @@
 // Traversal of the Gaussian BVH (see grt.h): ordered compositing forward and backward, and transmittance.
 //
-// Ordered traversal: nodes are visited from a min-heap keyed on their box entry distance. A pending hit whose t*
-// is at most the smallest entry distance still in the heap can no longer be preceded by an unseen hit (every
-// unseen hit lies inside a box not yet entered), so it is composited right away; this gives exact (t*, id) order
-// and lets a ray stop as soon as its transmittance is spent, without gathering every hit first.
+// Ordered traversal: depth first, nearer child first; every stack entry carries a lower bound of the ordering
+// keys below it ("hit": the box entry distance; "center": the support of the node's box of centers along the
+// ray) and the minimum of the bounds under it. A pending hit whose key is at most that minimum can no longer be
+// preceded by an unseen hit, so it is composited right away: exact (key, id) order, and a ray stops as soon as
+// its transmittance is spent, without gathering every hit first. The backward pass reads the hits the forward
+// pass recorded.
 #include <algorithm>
 #include <functional>
 
@@ -74,15 +76,22 @@ void Bvh::ordered(const float* o, const float* d, float tmin, float tmax, Order 
   pending.clear();
   if (prims_.empty()) return;
   const RayBox rb = make_raybox(o, d);
-  const float dd = dot3(d, d), od = dot3(o, d);
+  const float dd = dot3(d, d);
   if (!(dd > 0.f)) return;
   const float idd = 1.f / dd;
   // Lower bound of the ordering key over everything under node n (tn: its box entry distance).
+  // Keys are computed as (mu - o).d / |d|^2 (and t* from the canonical frame); the bounds subtract a relative
+  // margin well above float32 rounding, so they never exceed a key they bound. A low bound only delays
+  // compositing; it never changes which hits are composited or their order.
   auto bound = [&](const Node& n, float tn) {
-    if (order == kHit) return tn;
-    float m = -od;
-    for (int k = 0; k < 3; ++k) m += std::min(n.clo[k] * d[k], n.chi[k] * d[k]);
-    return m * idd;
+    if (order == kHit) return tn - 1e-5f * std::fabs(tn) - 1e-30f;
+    float m = 0.f, mag = 0.f;
+    for (int k = 0; k < 3; ++k) {
+      const float a = (n.clo[k] - o[k]) * d[k], b = (n.chi[k] - o[k]) * d[k];
+      m += std::min(a, b);
+      mag += std::max(std::fabs(a), std::fabs(b));
+    }
+    return (m - 1e-5f * mag) * idd;
   };
   auto push = [&](int32_t ni, float b) {
     const float below = stack.empty() ? b : std::min(b, stack.back().below);
@@ -268,6 +277,7 @@ void Bvh::scan(const float* o, const float* d, float tmin, float tmax, Order ord
 std::vector<at::Tensor> Bvh::trace(const at::Tensor& origins, const at::Tensor& dirs, double tmin, double tmax,
                                    const at::Tensor& colors, int64_t order, int64_t packet) const {
   TORCH_CHECK_VALUE(packet >= 1, "packet must be >= 1, got ", packet);
+  TORCH_CHECK_VALUE(tmin >= 0.0 && tmax > tmin, "need 0 <= tmin < tmax, got ", tmin, ", ", tmax);
   TORCH_CHECK_VALUE(order == kCenter || order == kHit, "order must be 0 (center) or 1 (hit), got ", order);
   check_rays(origins, dirs);
   GRT_CHECK(colors, n_, -1);
@@ -344,6 +354,7 @@ std::vector<at::Tensor> Bvh::trace_backward(const at::Tensor& origins, const at:
                                             const at::Tensor& offsets, const at::Tensor& v_features, const at::Tensor& v_alpha,
                                             const at::Tensor& v_depth) const {
   check_rays(origins, dirs);
+  TORCH_CHECK_VALUE(tmin >= 0.0 && tmax > tmin, "need 0 <= tmin < tmax, got ", tmin, ", ", tmax);
   const int64_t R = origins.size(0), D = colors.size(1), N = n_;
   GRT_CHECK(colors, N, D);
   GRT_CHECK(final_T, R, 0);
@@ -383,6 +394,9 @@ std::vector<at::Tensor> Bvh::trace_backward(const at::Tensor& origins, const at:
         const Prim& g = prims_[hp[j]];
         Response rs;
         respond(g, o, d, rs);
+        // The forward pass (possibly vectorized, rounding differently) decided this is a hit: evaluate it
+        // whatever respond()'s threshold test says here.
+        rs.alpha_raw = g.opacity * std::exp(-0.5f * rs.m2);
         const float a = std::min(rs.alpha_raw, gs::kAlphaMax);
         const float key = order == kHit ? rs.t
                                         : ((g.mu[0] - o[0]) * d[0] + (g.mu[1] - o[1]) * d[1] +

@@ -106,18 +106,27 @@ class GaussianScene(nn.Module):
     def to_state(self) -> dict:
         return {"header": self.header(), "params": {k: v.detach().cpu() for k, v in self.param_groups().items()}}
 
+    STATE_KIND = KIND
+
     @classmethod
-    def from_state(cls, state: dict, source: str = "<state>") -> "GaussianScene":
+    def _read_state(cls, state: dict, source: str) -> tuple[dict, dict]:
+        """``(header, params)`` of a state of this class's kind with every parameter present; ``ValueError``
+        naming ``source`` otherwise."""
         try:
             header = json.loads(state["header"])
             params = state["params"]
         except (KeyError, TypeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{source}: not a recon Gaussian scene state ({err})") from err
-        if header.get("kind") != KIND:
-            raise ValueError(f"{source}: scene kind is {header.get('kind')!r}, expected {KIND!r}")
+            raise ValueError(f"{source}: not a recon {cls.STATE_KIND} scene state ({err})") from err
+        if header.get("kind") != cls.STATE_KIND:
+            raise ValueError(f"{source}: scene kind is {header.get('kind')!r}, expected {cls.STATE_KIND!r}")
         missing = [n for n in cls.PARAM_NAMES if n not in params]
         if missing:
             raise ValueError(f"{source}: missing parameters {missing}")
+        return header, params
+
+    @classmethod
+    def from_state(cls, state: dict, source: str = "<state>") -> "GaussianScene":
+        header, params = cls._read_state(state, source)
         scene = cls(*(params[n] for n in cls.PARAM_NAMES), max_sh_degree=int(header["max_sh_degree"]))
         scene.active_sh_degree = int(header.get("active_sh_degree", scene.max_sh_degree))
         return scene

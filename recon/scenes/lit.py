@@ -71,12 +71,22 @@ class LitScene(nn.Module):
             raise ValueError(f"{source}: scene kind is {header.get('kind')!r}, expected {KIND!r}")
         if int(header.get("version", 0)) > VERSION:
             raise ValueError(f"{source}: lit scene version {header.get('version')} is newer than supported {VERSION}")
-        return cls(MeshScene.from_state(geometry, source=source), EnvLight.from_state(light, source=source))
+        from recon.scenes.gaussians_pbr import KIND as GAUSSIANS_PBR
+        from recon.scenes.gaussians_pbr import PBRGaussianScene
+
+        try:
+            kind = json.loads(geometry["header"]).get("kind")
+        except (KeyError, TypeError, ValueError):
+            kind = None
+        geo = (PBRGaussianScene.from_state(geometry, source=source) if kind == GAUSSIANS_PBR
+               else MeshScene.from_state(geometry, source=source))
+        return cls(geo, EnvLight.from_state(light, source=source))
 
 
 def has_material(scene) -> bool:
     """Whether ``scene`` carries a PBR material the shading layer can use (meshes: always, since a glTF
     material's factors define one; the renderer reads textures, ``COLOR_0`` and factors as glTF does)."""
+    from recon.scenes.gaussians_pbr import PBRGaussianScene
     from recon.scenes.mesh import MeshScene
 
-    return isinstance(scene, MeshScene)
+    return isinstance(scene, (MeshScene, PBRGaussianScene))

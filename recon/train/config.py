@@ -324,8 +324,64 @@ class MeshPBRTrainConfig(MeshTrainConfig):
     optim: MeshPBROptimConfig = field(default_factory=MeshPBROptimConfig)
 
 
+@dataclass
+class GaussianPBRConfig:
+    """The relightable stage of `gaussians-pbr` and the normal consistency of both stages."""
+
+    geometry_steps: int = 3000
+    """Steps of the first stage: today's 3DGS recipe (radiance, densification) plus the depth-normal
+    consistency; the material stage follows until max_steps."""
+    lambda_normal: float = 0.05
+    """Weight of the depth-normal consistency (1 - cos between the rendered normal, each Gaussian's shortest
+    axis, and the normal of the rendered depth), as in 2DGS / GS-IR, so that normals are trustworthy before
+    the materials are fitted."""
+    normal_from: int = 500
+    """First step of the depth-normal consistency (the Gaussians are blobs before)."""
+    init_light: float = 1.0
+    """Initial constant radiance of the learned light (the initial base color is divided by it)."""
+    light_height: int = 32
+    """Rows of the learned equirectangular environment map (columns: 2x)."""
+    init_roughness: float = 0.6
+    """Initial roughness of every Gaussian."""
+    init_metallic: float = 0.05
+    """Initial metallic of every Gaussian."""
+    lr_base_color: float = 5e-3
+    """Adam learning rate of the base colors."""
+    lr_material: float = 5e-3
+    """Adam learning rate of roughness-metallic."""
+    lr_light: float = 3e-2
+    """Adam learning rate of the light's log-radiance texels."""
+    light_warmup: int = 200
+    """First material-stage steps in which only the light learns (the base colors start as the mean stage-1
+    color and would otherwise absorb the shading before the light moves; see docs/inverse_rendering.md)."""
+    lambda_light_white: float = 0.01
+    """Weight of the neutral-white light prior (as mesh-pbr)."""
+    lambda_metallic: float = 0.01
+    """Weight of the prior pulling metallic towards 0."""
+    shadow_samples: int = 32
+    """Self-shadowing in the split-sum steps: a per-Gaussian diffuse transfer from this many shadow rays per
+    Gaussian through the Gaussian ray caster's BVH (R3DG's baked visibility); evaluation then uses the Monte
+    Carlo integrator with shadow rays through the same BVH. 0: unshadowed split-sum."""
+    transfer_every: int = 200
+    """Re-bake the transfer every this-many steps (Gaussians move, split and die)."""
+
+
+@dataclass
+class GaussianPBRTrainConfig(GaussianTrainConfig):
+    """Relightable 3D Gaussians: geometry, per-Gaussian base color, roughness, metallic and normal, and the
+    environment light, from photos under one unknown environment."""
+
+    max_steps: int = 5000
+    """Number of optimization steps (both stages)."""
+    relight_spp: int = 8
+    """Monte Carlo samples per sub-pixel and strategy of the relit test views the final evaluation scores."""
+    eval_supersample: int = 2
+    """Evaluation renders shade N x N sub-pixel samples under the datasets' Gaussian pixel filter."""
+    pbr: GaussianPBRConfig = field(default_factory=GaussianPBRConfig)
+
+
 METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig, "mesh": MeshTrainConfig,
-                            "mesh-pbr": MeshPBRTrainConfig}
+                            "mesh-pbr": MeshPBRTrainConfig, "gaussians-pbr": GaussianPBRTrainConfig}
 
 # (field path, predicate, what is expected)
 _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
@@ -357,6 +413,12 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.views_per_step", lambda v: v >= 1, "an integer >= 1"),
     ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("relight_spp", lambda v: v >= 1, "an integer >= 1"),
+    ("pbr.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("pbr.lambda_normal", lambda v: v >= 0, "a number >= 0"),
+    ("pbr.init_light", lambda v: v > 0, "a number > 0"),
+    ("pbr.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),
+    ("pbr.shadow_samples", lambda v: v >= 0, "an integer >= 0"),
+    ("pbr.transfer_every", lambda v: v >= 1, "an integer >= 1"),
     ("eval_supersample", lambda v: 1 <= v <= 8, "an integer in 1..8"),
     ("optim.mc_steps", lambda v: v >= 0, "an integer >= 0"),
     ("optim.shadow_samples", lambda v: v >= 0, "an integer >= 0"),

@@ -22,10 +22,13 @@ from recon.train.method import Method
 __all__ = ["GaussianMethod", "build_optimizer", "means_lr"]
 
 
-def build_optimizer(scene: GaussianScene, cfg: GaussianTrainConfig, extent: float) -> torch.optim.Adam:
+def build_optimizer(scene: GaussianScene, cfg: GaussianTrainConfig, extent: float,
+                    extra: dict[str, float] | None = None) -> torch.optim.Adam:
+    """Adam with one named group per scene parameter (3DGS learning rates; ``extra`` maps further parameter
+    names, e.g. a relightable scene's material, to theirs)."""
     o = cfg.optim
     lrs = {"means": o.lr_means * extent, "quats": o.lr_quats, "log_scales": o.lr_scales,
-           "opacity_logits": o.lr_opacity, "sh_dc": o.lr_sh_dc, "sh_rest": o.lr_sh_rest}
+           "opacity_logits": o.lr_opacity, "sh_dc": o.lr_sh_dc, "sh_rest": o.lr_sh_rest, **(extra or {})}
     groups = [{"params": [p], "lr": lrs[name], "name": name} for name, p in scene.param_groups().items()]
     return torch.optim.Adam(groups, eps=1e-15)
 

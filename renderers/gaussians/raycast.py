@@ -5,9 +5,10 @@ Model (3DGRT-style "maximum response" evaluation). A ray ``x(t) = o + t d`` meet
 response along the ray peaks: in the Gaussian's canonical frame ``M = S^-1 R^T``, ``p = M (o - mu)``,
 ``q = M d``, ``t* = -(p.q)/(q.q)`` and ``m2 = |p + t* q|^2``, so ``alpha = min(0.99, opacity exp(-m2 / 2))``.
 Hits with ``tmin <= t* <= tmax`` and unclamped alpha >= 1/255 are composited front to back in order of
-``(t*, index)``, stopping before the hit that would take the transmittance below 1e-4 -- the thresholds of the
-rasterizer. Outputs per ray: ``features = sum_i w_i c_i``, ``alpha = 1 - T``, ``depth = sum_i w_i t*_i``
-(unnormalized, in units of ``d``).
+``(key, index)`` -- the key is the center's projection on the ray ``(mu - o).d / |d|^2`` ("center", the
+default, the rasterizer's order) or ``t*`` ("hit") -- stopping before the hit that would take the transmittance
+below 1e-4: the thresholds of the rasterizer. Outputs per ray: ``features = sum_i w_i c_i``,
+``alpha = 1 - T``, ``depth = sum_i w_i key_i`` (unnormalized, in units of ``d``).
 
 How it differs from rasterization (``rasterize.py``, 3DGS's EWA splatting): the rasterizer evaluates each
 Gaussian's *2D projection* under a local affine approximation of the perspective map, dilated by ``eps2d``
@@ -20,9 +21,11 @@ it renders any camera model (fisheye, OpenCV distortion) and arbitrary rays (sha
 
 * ``cpu``: C++ (``cuda/gaussians_rt``): a binary BVH (binned SAH, leaves of <= 4) over each Gaussian's
   bounding box of its alpha = 1/255 ellipsoid (``k = sqrt(2 ln(255 opacity))`` standard deviations, as
-  3DGRT/RayGauss choose the extent from the opacity); an ordered traversal (min-heap of box entry distances,
-  hits composited as soon as no unseen box can precede them); a hand-written backward that replays the
-  traversal. ``transmittance`` is an unordered any-order product for shadow rays.
+  3DGRT/RayGauss choose the extent from the opacity); an ordered depth-first traversal (each stack entry
+  carries a lower bound of the keys below it; a pending hit is composited once no entry can precede it) or,
+  for packets of rays from one origin, a cone-culled candidate list scanned per ray; a hand-written backward
+  over the hits the forward pass recorded. ``transmittance`` is an unordered product over a four-wide copy of
+  the tree (SIMD box tests) for shadow rays. See ``docs/raycast.md``.
 * ``torch``: the reference twin (every ray against every Gaussian), any device and dtype.
 """
 
@@ -72,7 +75,12 @@ def _resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     if backend == "cpu":
         require_cpu_extension(_FAMILY, device, dtype)
         return "cpu"
-    if backend == "torch" or device.type != "cpu" or dtype != torch.float32:
+    if backend == "torch":
+        return "torch"
+    if device.type != "cpu" or dtype != torch.float32:
+        warnings.warn(f"recon: Gaussian ray casting of {dtype} tensors on {device} uses the torch reference "
+                      "(every ray against every Gaussian: slow, O(rays x Gaussians) memory); the compiled ray "
+                      "caster takes float32 CPU tensors", RuntimeWarning, stacklevel=3)
         return "torch"
     try:
         _ext()
@@ -140,6 +148,9 @@ class GaussianRayCaster:
         _check("dirs", dirs, (origins.shape[0], 3), f"[R, 3] with R={origins.shape[0]}")
         if not (tmin >= 0 and tmax > tmin):
             raise ValueError(f"need 0 <= tmin < tmax, got tmin={tmin}, tmax={tmax}")
+        for name, x in (("origins", origins), ("dirs", dirs)):
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or Inf")
         ref = self.params[0]
         return (origins.detach().to(ref).contiguous(), dirs.detach().to(ref).contiguous())
 

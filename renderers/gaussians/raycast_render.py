@@ -6,7 +6,8 @@ every axis: one pixel spans ``z / f`` there), a BVH over the dilated Gaussians, 
 (``Cameras.rays``, lens distortion included) traced in 8 x 8 pixel packets. Depth is camera-space z of the
 composited keys. For densification, ``aux.means2d`` are leaf tensors at the projected centers whose gradient is
 ``dL/d(pixel)``: they shift the means in the camera plane by ``z / f`` per pixel (a zero shift in the forward
-pass), the same quantity the rasterizer's ``means2d.grad`` gives.
+pass) -- the rasterizer's ``means2d.grad`` for pinhole cameras, an approximation of it under lens distortion
+(the lens Jacobian is not applied).
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ _TILE = 8
 
 
 def _tile_order(width: int, height: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel centers ``[H*W, 2]`` grouped in ``_TILE`` x ``_TILE`` tiles, and the permutation back to row-major."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
-    tiles_x = -(-width // _TILE)
-    key = ((ys // _TILE) * tiles_x + xs // _TILE) * (_TILE * _TILE) + (ys % _TILE) * _TILE + xs % _TILE
-    perm = torch.argsort(key.reshape(-1))
-    pix = torch.stack([xs.reshape(-1)[perm], ys.reshape(-1)[perm]], -1).float() + 0.5
-    return pix, torch.argsort(perm)
+    """Pixel centers ``[T * 64, 2]`` tile after tile (``_TILE`` x ``_TILE`` tiles; a partial tile at the right or
+    bottom edge is padded with copies of one of its pixels, so every packet of 64 rays is one tile), and the
+    index of each row-major pixel ``[H * W]`` in that list."""
+    ty, tx = torch.meshgrid(torch.arange(_TILE, device=device), torch.arange(_TILE, device=device), indexing="ij")
+    tiles_x, tiles_y = -(-width // _TILE), -(-height // _TILE)
+    oy, ox = torch.meshgrid(torch.arange(tiles_y, device=device) * _TILE, torch.arange(tiles_x, device=device) * _TILE,
+                            indexing="ij")
+    xs = (ox.reshape(-1, 1) + tx.reshape(1, -1)).clamp(max=width - 1)  # padding repeats the edge pixel
+    ys = (oy.reshape(-1, 1) + ty.reshape(1, -1)).clamp(max=height - 1)
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float() + 0.5
+    where = torch.empty(height * width, dtype=torch.long, device=device)
+    flat = (ys * width + xs).reshape(-1)
+    # Padding copies trace the same ray as the pixel itself, so any copy gives the pixel's value.
+    where[flat] = torch.arange(len(flat), device=device)
+    return pix, where
 
 
 def render_raycast(scene, cams: Cameras, settings: RenderSettings, degree: int, bg: torch.Tensor) -> RenderOutput:

@@ -110,6 +110,9 @@ def render_mesh_arrays(mesh: MeshArrays, cameras: Cameras, settings: RenderSetti
     from recon.renderers.mesh.rasterize import interpolate, rasterize
     from recon.renderers.mesh.texture import texture
 
+    if not cameras.is_pinhole:
+        raise ValueError(f"cameras with the {cameras.model!r} lens model cannot be rasterized as meshes: load the "
+                         "data with distortion='undistort' (the default)")
     ms = settings.mesh
     verts = mesh.vertices
     device = verts.device

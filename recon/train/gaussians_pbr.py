@@ -1,0 +1,254 @@
+"""Relightable 3D Gaussians (``recon train gaussians-pbr``): geometry, per-Gaussian glTF metallic-roughness
+material and normal, and the environment light, from photos under one unknown environment.
+
+1. **Geometry stage** (``pbr.geometry_steps``): the 3DGS recipe of ``recon train gaussians`` (radiance, SH,
+   densification) plus a depth-normal consistency loss (2DGS / GS-IR): the rendered normal, each Gaussian's
+   shortest axis facing the camera (:func:`~recon.scenes.gaussians_pbr.gaussian_normals`), should agree with
+   the normal of the rendered depth, so that normals are trustworthy before materials are fitted.
+2. **Material stage**: the scene becomes a :class:`~recon.scenes.gaussians_pbr.PBRGaussianScene` (base color
+   starting at the mean stage-1 color over the initial light, roughness-metallic constant) lit by a learnable
+   :class:`~recon.shading.envmap.EnvLight`. Deferred shading of the rasterized G-buffer by the shared split-sum
+   integrator (:mod:`recon.renderers.gaussians.pbr`), made self-shadowing by a per-Gaussian diffuse transfer
+   baked through the Gaussian ray caster's BVH every ``pbr.transfer_every`` steps (R3DG's baked visibility);
+   the light warms up alone first; the light priors of mesh-pbr (neutral white, dielectric); densification and
+   the normal consistency continue.
+
+The checkpoint's scene is a :class:`~recon.scenes.lit.LitScene` in the material stage, so ``recon eval`` (the
+inverse-rendering metrics with the Monte Carlo integrator, shadow rays through the Gaussian BVH), ``recon
+render --channels ...albedo,roughness,metallic,normal`` and ``recon relight`` work on the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from recon.color import srgb_to_linear
+from recon.evaluate import composite, fill_invalid
+from recon.metrics import psnr, ssim
+from recon.renderers import GaussianSettings, RenderSettings, ShadingSettings
+from recon.renderers.gaussians.rasterize import rasterize_gaussians
+from recon.renderers.gaussians.render import GaussianAux, scene_colors
+from recon.scenes.gaussians import GaussianScene
+from recon.scenes.gaussians_pbr import PBRGaussianScene, gaussian_normals
+from recon.scenes.lit import LitScene
+from recon.shading.envmap import EnvLight
+from recon.train.densify import DensifyStrategy
+from recon.train.gaussians import GaussianMethod, build_optimizer, means_lr
+from recon.train.mesh_pbr import light_white_prior
+
+__all__ = ["GaussianPBRMethod", "depth_normal_loss", "normals_from_depth"]
+
+
+def normals_from_depth(depth: torch.Tensor, cam) -> torch.Tensor:
+    """World normals ``[H, W, 3]`` of the surface of a camera-z ``depth [H, W, 1]`` map (central differences of
+    the back-projected points, facing the camera; 0 on the border)."""
+    H, W = depth.shape[:2]
+    o, d = cam.rays()
+    d = d[0].reshape(H, W, 3)
+    fwd = cam.world_to_cam[0, 2, :3]
+    pts = o[0, 0] + d * (depth / (d @ fwd)[..., None].clamp_min(1e-6))
+    dx = pts[1:-1, 2:] - pts[1:-1, :-2]
+    dy = pts[2:, 1:-1] - pts[:-2, 1:-1]
+    n = torch.linalg.cross(dy, dx, dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n = torch.where(((n * d[1:-1, 1:-1]).sum(-1, keepdim=True) > 0), -n, n)
+    return torch.nn.functional.pad(n.permute(2, 0, 1), (1, 1, 1, 1)).permute(1, 2, 0)
+
+
+def depth_normal_loss(depth: torch.Tensor, normal: torch.Tensor, alpha: torch.Tensor, cam) -> torch.Tensor:
+    """Mean ``1 - cos`` between the rendered normals ``[H, W, 3]`` (normalized here) and the depth's normals,
+    over pixels whose coverage and whose neighbours' coverage exceed 0.5. The depth side is detached (as 2DGS),
+    so the loss turns the Gaussians rather than bending the depth."""
+    nd = normals_from_depth(depth.detach(), cam)
+    nr = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    solid = (alpha[..., 0] > 0.5).float()
+    solid = -torch.nn.functional.max_pool2d(-solid[None, None], 3, 1, 1)[0, 0]  # all 3 x 3 neighbours covered
+    w = solid * (nd.norm(dim=-1) > 0.5)
+    return (w * (1 - (nd * nr).sum(-1))).sum() / w.sum().clamp_min(1.0)
+
+
+class GaussianPBRMethod(GaussianMethod):
+    """The 3DGS method with a depth-normal consistency, then a material stage (module docstring)."""
+
+    name = "gaussians-pbr"
+    state_keys = frozenset({"optimizer", "densify", "pbr"})
+
+    def render_settings(self) -> RenderSettings:
+        ss = self.cfg.eval_supersample
+        shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss)
+                   if self.cfg.pbr.shadow_samples > 0 else ShadingSettings(integrator="splitsum", supersample=ss))
+        return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading,
+                              gaussians=GaussianSettings())
+
+    @property
+    def material_stage(self) -> bool:
+        return isinstance(self.scene, PBRGaussianScene)
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def setup(self, state: dict | None, source: str) -> None:
+        self.light = self.light_opt = self.transfer = None
+        if state is not None and state["pbr"]["stage"] == "material":
+            lit = LitScene.from_state(state["scene"], source=source)
+            self.scene = lit.geometry.to(self.device)
+            self._make_material_stage(lit.light.to(self.device))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.light_opt.load_state_dict(state["pbr"]["light_optimizer"])
+            self.strategy.load_state_dict(state["densify"])
+            self._bake()
+            return
+        super().setup(state, source)
+
+    def state(self) -> dict:
+        st = super().state()
+        st["pbr"] = {"stage": "material" if self.material_stage else "geometry"}
+        if self.material_stage:
+            st["scene"] = LitScene(self.scene, self.light).to_state()
+            st["pbr"]["light_optimizer"] = self.light_opt.state_dict()
+        return st
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        params = dict(self.scene.param_groups())
+        if self.light is not None:
+            params["light"] = self.light.log_radiance
+        return params
+
+    def _make_material_stage(self, light: EnvLight) -> None:
+        cfg, p = self.cfg, self.cfg.pbr
+        self.light = light
+        self.optimizer = build_optimizer(self.scene, cfg, self.extent,
+                                         extra={"base_color": p.lr_base_color, "roughness_metallic": p.lr_material})
+        self.light_opt = torch.optim.Adam([self.light.log_radiance], lr=p.lr_light)
+        self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
+
+    def _start_material_stage(self) -> None:
+        p = self.cfg.pbr
+        with torch.no_grad():
+            mean = scene_colors(self.scene, self.scene.means.mean(0), 0).mean(0)
+            base = (srgb_to_linear(mean.clamp(0, 1)) / p.init_light).clamp(0, 1).expand(len(self.scene), 3)
+        self.scene = PBRGaussianScene.from_radiance(self.scene, base, p.init_roughness, p.init_metallic)
+        light = EnvLight.constant(p.init_light, height=p.light_height, learnable=True).to(self.device)
+        self._make_material_stage(light)
+        self._bake()
+
+    def _bake(self) -> None:
+        p = self.cfg.pbr
+        if p.shadow_samples <= 0:
+            self.transfer = None
+            return
+        from recon.renderers.gaussians.pbr import bake_transfer
+
+        self.transfer = bake_transfer(self.scene.cpu() if self.device.type != "cpu" else self.scene,
+                                      samples=p.shadow_samples, seed=self.cfg.seed).to(self.device)
+        self.scene.to(self.device)
+
+    # --- one step ------------------------------------------------------------------------------------------
+    def _render_geometry(self, cam, bg):
+        """Radiance and normals in one rasterization pass (D = 6)."""
+        gs = GaussianSettings()
+        sc = self.scene
+        center = cam.centers()[0]
+        feats = torch.cat([scene_colors(sc, center, sc.active_sh_degree),
+                           gaussian_normals(sc.means, sc.quats, sc.log_scales, center)], -1)
+        out = rasterize_gaussians(sc.means, sc.quats, sc.scales, sc.opacities, feats, cam.world_to_cam[0],
+                                  cam.K[0], cam.width, cam.height, torch.cat([bg, torch.zeros(3, device=bg.device)]),
+                                  near=gs.near, eps2d=gs.eps2d, tile_size=gs.tile_size, backend=self.cfg.backend)
+        depth = out.depth / out.alpha.clamp_min(1e-6)
+        return (out.rgb[None, ..., :3], out.alpha[None], depth, out.rgb[..., 3:],
+                GaussianAux(means2d=[out.means2d], radii=[out.radii]))
+
+    def _render_material(self, cam, bg):
+        from recon.renderers.gaussians.pbr import render_gaussians_pbr
+
+        settings = RenderSettings(background=bg, backend=self.cfg.backend,
+                                  shading=ShadingSettings(integrator="splitsum"))
+        out = render_gaussians_pbr(self.scene, cam, settings, self.light, transfer=self.transfer)
+        return out.rgb, out.alpha, out.depth[0], out.normal[0], out.aux
+
+    def step(self) -> dict:
+        cfg, p = self.cfg, self.cfg.pbr
+        step = self.step_index
+        if not self.material_stage and step > p.geometry_steps:
+            self._start_material_stage()
+        elif self.material_stage and p.shadow_samples > 0 and step % p.transfer_every == 0:
+            self._bake()
+        idx = self.next_index()
+        cam = self.train_cams[idx]
+        bg = torch.rand(3, generator=self.generator).to(self.device) if cfg.random_background else self.eval_background
+        images = self.train_images[idx: idx + 1]
+        gt = composite(images, bg)
+        render = self._render_material if self.material_stage else self._render_geometry
+        pred, alpha, depth, normal, aux = render(cam, bg)
+        if self.mask:
+            gt = fill_invalid(gt, pred, images)
+        l1 = (pred - gt).abs().mean()
+        loss = (1 - cfg.optim.lambda_dssim) * l1 + cfg.optim.lambda_dssim * (1 - ssim(pred, gt).mean())
+        if p.lambda_normal > 0 and step >= p.normal_from:
+            loss = loss + p.lambda_normal * depth_normal_loss(depth, normal, alpha[0], cam)
+        if self.material_stage:
+            rm = self.scene.roughness_metallic.clamp(0, 1)
+            loss = loss + p.lambda_light_white * light_white_prior(self.light.radiance()) + p.lambda_metallic * rm[:, 1].mean()
+        self.check_loss(loss)
+
+        class _Out:  # what the densification hooks read
+            pass
+
+        out = _Out()
+        out.aux = aux
+        self.strategy.pre_backward(out)
+        loss.backward()
+        warm = self.material_stage and step <= p.geometry_steps + p.light_warmup
+        if warm:
+            for name in ("base_color", "roughness_metallic"):
+                getattr(self.scene, name).grad = None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.light_opt is not None:
+            self.light_opt.step()
+            self.light_opt.zero_grad(set_to_none=True)
+        if self.material_stage:
+            with torch.no_grad():
+                self.scene.base_color.clamp_(0, 1)
+                self.scene.roughness_metallic.clamp_(0, 1)
+        if step % 50 == 0:
+            self.check_finite()
+        self.strategy.post_backward(step, out, cam.width, cam.height)
+        for group in self.optimizer.param_groups:
+            if group["name"] == "means":
+                group["lr"] = means_lr(cfg, self.extent, step)
+        if not self.material_stage and step % cfg.optim.sh_degree_interval == 0:
+            self.scene.active_sh_degree = min(self.scene.active_sh_degree + 1, self.scene.max_sh_degree)
+        return {"loss": loss.item(), "psnr": psnr(pred.detach().clamp(0, 1), gt).item()}
+
+    # --- evaluation and exports ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def eval_scene(self):
+        if not self.material_stage:
+            return self.scene
+        return LitScene(self.scene, EnvLight(self.light.radiance().detach()))
+
+    @torch.no_grad()
+    def evaluate_extra(self, summary: dict, final: bool) -> None:
+        scene = self.eval_scene()
+        if not final or not isinstance(scene, LitScene):
+            return
+        from recon.evaluate_pbr import evaluate_inverse_rendering
+
+        ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
+                                        spp=self.cfg.relight_spp, supersample=self.cfg.eval_supersample,
+                                        seed=self.cfg.seed)
+        if ir is not None:
+            summary["inverse_rendering"] = ir
+
+    def export(self) -> Path:
+        from recon.export.scenes import export_scene
+
+        scene = self.eval_scene()
+        if isinstance(scene, LitScene):
+            export_scene(scene.cpu(), "hdr", self.run_dir / "exports" / "light.hdr")
+            return export_scene(GaussianScene(*(getattr(scene.geometry, n).detach().cpu()
+                                                for n in GaussianScene.PARAM_NAMES),
+                                              max_sh_degree=scene.geometry.max_sh_degree),
+                                "ply", self.run_dir / "exports" / "scene.ply")
+        return super().export()

@@ -1,0 +1,142 @@
+"""Relightable Gaussians: normals, the deferred PBR render against the mesh renderer's, states, the trainer."""
+
+import json
+import math
+import pytest
+import torch
+
+from recon.cameras import Cameras, look_at
+from recon.renderers import RenderSettings, ShadingSettings, render
+from recon.scenes.gaussians_pbr import PBRGaussianScene, gaussian_normals
+from recon.scenes.lit import LitScene
+from recon.scenes.mesh import MeshMaterial, MeshScene
+from recon.sh import rgb_to_sh_dc
+from recon.shading.envmap import EnvLight
+from recon.train.gaussians_pbr import depth_normal_loss, normals_from_depth
+from tests._mesh_util import icosphere
+
+
+def disc_sphere(n=6000, seed=0, base=0.5, roughness=0.6) -> PBRGaussianScene:
+    """Flat Gaussians tangent to the unit sphere (thickness 5 % of the disc radius), opaque."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    z = torch.tensor([0.0, 0.0, 1.0]).expand(n, 3)
+    half = torch.nn.functional.normalize(z + p, dim=-1)  # the quaternion rotating +z onto p
+    q = torch.cat([(z * half).sum(-1, keepdim=True), torch.linalg.cross(z, half)], -1)
+    s = math.sqrt(4 * math.pi / n)
+    log_scales = torch.log(torch.tensor([s, s, 0.05 * s])).expand(n, 3).clone()
+    return PBRGaussianScene(p, q, log_scales, torch.full((n,), 4.0), rgb_to_sh_dc(torch.full((n, 3), 0.5))[:, None],
+                            torch.zeros(n, 0, 3), 0, base_color=torch.full((n, 3), base),
+                            roughness_metallic=torch.tensor([roughness, 0.0]).expand(n, 2))
+
+
+def two_cameras(size=64) -> Cameras:
+    eyes = torch.tensor([[3.0, 1.0, 1.0], [-1.0, -3.0, 0.5]])
+    K = torch.tensor([[60.0, 0, size / 2], [0, 60.0, size / 2], [0, 0, 1]]).expand(2, 3, 3).clone()
+    return Cameras(world_to_cam=look_at(eyes).float(), K=K, width=size, height=size)
+
+
+def test_gaussian_normals_shortest_axis_facing():
+    q = torch.nn.functional.normalize(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    log_scales = torch.log(torch.tensor([0.3, 0.01, 0.2])).expand(50, 3)  # the y axis is the shortest
+    means = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
+    eye = torch.tensor([5.0, 0.0, 0.0])
+    n = gaussian_normals(means, q, log_scales, toward=eye)
+    from recon.cameras import quat_wxyz_to_rotmat
+
+    axis = quat_wxyz_to_rotmat(q)[:, :, 1]
+    torch.testing.assert_close((n * axis).sum(-1).abs(), torch.ones(50), atol=1e-6, rtol=0)
+    assert bool(((eye - means) * n).sum(-1).ge(0).all())
+
+
+def test_normals_from_depth_of_a_plane():
+    """A plane z = 0 seen from above at an angle: every pixel's depth normal is +Z; the loss against the true
+    normal is ~0 and against a wrong one is large."""
+    cam = Cameras(world_to_cam=look_at(torch.tensor([[1.0, 0.5, 3.0]])).float(),
+                  K=torch.tensor([[[40.0, 0, 24], [0, 40.0, 24], [0, 0, 1]]]), width=48, height=48)
+    o, d = cam.rays()
+    t = -o[0, :, 2] / d[0, :, 2]
+    fwd = cam.world_to_cam[0, 2, :3]
+    depth = (t * (d[0] @ fwd)).reshape(48, 48, 1)
+    n = normals_from_depth(depth, cam)
+    inner = n[1:-1, 1:-1].reshape(-1, 3)
+    torch.testing.assert_close(inner, torch.tensor([0.0, 0.0, 1.0]).expand_as(inner), atol=1e-4, rtol=0)
+    alpha = torch.ones(48, 48, 1)
+    assert float(depth_normal_loss(depth, torch.tensor([0.0, 0.0, 1.0]).expand(48, 48, 3), alpha, cam)) < 1e-5
+    tilted = torch.nn.functional.normalize(torch.tensor([1.0, 0.0, 1.0]), dim=0).expand(48, 48, 3)
+    assert float(depth_normal_loss(depth, tilted, alpha, cam)) == pytest.approx(1 - math.cos(math.pi / 4), abs=1e-4)
+
+
+def test_pbr_render_matches_the_mesh_renderer(test_data):
+    """A sphere of tangent discs and an icosphere with the same material under the same light: the shared
+    shading layer gives the same interior pixels (split-sum measured 33.7 dB; the residual is the discs'
+    normals, 5 degrees off the sphere's) and the G-buffer channels agree."""
+    light = EnvLight.from_file(test_data / "synthetic" / "bob_field" / "envmaps" / "field.hdr")
+    v, f = icosphere(5)
+    mesh = MeshScene(v.float(), f.long(), vertex_colors=torch.ones(len(v), 3),
+                     material=MeshMaterial(base_color_factor=(0.5, 0.5, 0.5, 1.0), roughness_factor=0.6))
+    cams = two_cameras()
+    st = RenderSettings(background=(1.0, 1.0, 1.0), channels=("rgb", "alpha", "normal", "albedo", "roughness"),
+                        shading=ShadingSettings(integrator="splitsum"))
+    a = render(LitScene(disc_sphere(), light), cams, st)
+    b = render(LitScene(mesh, light), cams, st)
+    m = (a.alpha > 0.99) & (b.alpha > 0.99)
+    assert int(m.sum()) > 1500
+    mse = ((a.rgb - b.rgb) ** 2)[m.expand_as(a.rgb)].mean().detach()
+    assert float(-10 * torch.log10(mse)) > 30.0
+    cos = (a.normal * b.normal).sum(-1)[m[..., 0]]
+    assert float(torch.rad2deg(torch.acos(cos.clamp(-1, 1))).mean()) < 8.0
+    torch.testing.assert_close(a.gbuffer["albedo"][m[..., 0]], b.gbuffer["albedo"][m[..., 0]], atol=1e-4, rtol=0)
+    torch.testing.assert_close(a.gbuffer["roughness"][m[..., 0]], b.gbuffer["roughness"][m[..., 0]], atol=1e-4,
+                               rtol=0)
+    # Gradients reach the material and the light through the deferred shading.
+    scene = disc_sphere(n=2000)
+    lit = LitScene(scene, EnvLight.constant(1.0, height=16, learnable=True))
+    render(lit, cams[:1], st).rgb.mean().backward()
+    assert float(scene.base_color.grad.abs().sum()) > 0 and float(lit.light.log_radiance.grad.abs().sum()) > 0
+
+
+def test_lit_state_round_trip_and_alignment_copy():
+    scene = disc_sphere(n=300)
+    lit = LitScene(scene, EnvLight.constant(0.7, height=8))
+    again = LitScene.from_state(lit.to_state())
+    assert isinstance(again.geometry, PBRGaussianScene)
+    assert torch.equal(again.geometry.base_color, scene.base_color)
+    scaled = scene.scaled_base_color(torch.tensor([2.0, 1.0, 0.5]))
+    torch.testing.assert_close(scaled.base_color[0], torch.tensor([1.0, 0.5, 0.25]))
+    assert torch.equal(scene.base_color[0], torch.full((3,), 0.5))  # the original is untouched
+    bad = lit.to_state()
+    del bad["geometry"]["params"]["roughness_metallic"]
+    with pytest.raises(ValueError, match="missing parameters"):
+        LitScene.from_state(bad, source="run/ckpt.pt")
+    with pytest.raises(ValueError, match=r"base_color must have shape \[4, 3\]"):
+        PBRGaussianScene(*(t[:4] for t in (scene.means, scene.quats, scene.log_scales, scene.opacity_logits,
+                                            scene.sh_dc, scene.sh_rest)), 0, base_color=torch.zeros(5, 3))
+
+
+def test_train_gaussians_pbr_end_to_end(tmp_path, test_data):
+    """Both stages on bob_field at 64 x 64 through the CLI; eval.json carries the inverse-rendering metrics;
+    relight and render of the run work. Bounds far above a broken pipeline (measured: novel views 28.0 dB,
+    albedo 20.1 dB, normals 12.8 deg)."""
+    from recon.cli import main
+
+    data = test_data / "synthetic" / "bob_field"
+    run = tmp_path / "run"
+    assert main(["train", "gaussians-pbr", "--data", str(data), "--downscale", "4", "--max-steps", "400",
+                 "--pbr.geometry-steps", "200", "--pbr.normal-from", "100", "--pbr.light-warmup", "50",
+                 "--pbr.transfer-every", "100", "--no-progress", "--output", str(run), "--relight-spp", "2",
+                 "--eval-supersample", "1"]) == 0
+    summary = json.loads((run / "eval.json").read_text())
+    ir = summary["inverse_rendering"]
+    assert summary["psnr"] > 25.0
+    assert ir["albedo_psnr"] > 17.0 and ir["normal_mae_deg"] < 20.0
+    assert ir["roughness_mae"] < 0.4 and set(ir["relight"]) == {"pisa", "doge2"}
+    assert (run / "exports" / "light.hdr").is_file() and (run / "exports" / "scene.ply").is_file()
+    out = tmp_path / "rl"
+    assert main(["relight", str(run), "--envmap", str(data / "envmaps" / "pisa.hdr"), "--out", str(out),
+                 "--spp", "2", "--split", "test"]) == 0
+    assert len(list(out.glob("*.png"))) == 20
+    frames = tmp_path / "g"
+    assert main(["render", str(run), "--channels", "rgb,albedo,roughness,metallic,normal", "--out",
+                 str(frames)]) == 0
+    assert (frames / "r_0_albedo.png").is_file() and (frames / "r_0_normal.npy").is_file()
