@@ -458,15 +458,18 @@ def cmd_render(args: list[str]) -> int:
     return 0
 
 
-def relightable(scene, envmap: Path, rotate: float = 0.0, scale: float = 1.0):
-    """``scene`` under the light of ``envmap`` (a LitScene). ``ValueError`` for a scene without a PBR material."""
+def relightable(scene, envmap: Path, rotate: float = 0.0, scale: float = 1.0, source: str | None = None):
+    """``scene`` under the light of ``envmap`` (a LitScene). ``ValueError`` (naming ``source``, the run or file
+    the scene came from) for a scene without a PBR material."""
     from recon.scenes.lit import LitScene, has_material
     from recon.shading.envmap import EnvLight
 
     geometry = scene.geometry if isinstance(scene, LitScene) else scene
     if not has_material(geometry):
-        raise ValueError(f"cannot relight a {type(geometry).__name__}: it has no PBR material (base color, "
-                         "roughness, metallic); relight a mesh asset or a run of a PBR method (mesh-pbr)")
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}cannot relight a {type(geometry).__name__}: it has no PBR material (base color, "
+                         "roughness, metallic; a 3DGS PLY needs base_color_0..2, roughness, metallic); relight a "
+                         "mesh asset or a run of a PBR method (mesh-pbr, gaussians-pbr)")
     if not (math.isfinite(rotate) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"--rotate must be finite and --scale > 0, got {rotate} and {scale}")
     light = EnvLight.from_file(envmap, rotation_deg=rotate)
@@ -483,7 +486,7 @@ def cmd_relight(args: list[str]) -> int:
         raise ValueError(f"--frames and --fps must be >= 1, got {a.frames} and {a.fps}")
     channels = _parse_channels(a.channels)
     scene, data, run_dir, cfg = _load_source(a, need_data=True)
-    scene = relightable(scene, a.envmap, a.rotate, a.scale)
+    scene = relightable(scene, a.envmap, a.rotate, a.scale, source=str(a.scene or a.run))
     cams, names = _camera_path(a, data)
     out_dir = a.out or ((run_dir / "relight" / a.envmap.stem) if run_dir else Path("relight") / a.envmap.stem)
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))

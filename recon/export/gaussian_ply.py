@@ -10,6 +10,11 @@ One ``vertex`` element, one float32 property per attribute, in this order::
 * ``opacity`` is the logit (activation: sigmoid), ``scale_*`` the log scales (activation: exp), ``rot_*`` the
   quaternion (w, x, y, z), not necessarily normalized. Normals are written as 0 and ignored on read.
 
+Relightable Gaussians (recon's extension; every other 3DGS tool ignores it and shows the radiance) append five
+properties after ``rot_3``: ``base_color_0..2`` (linear base color in [0, 1]), ``roughness`` (glTF perceptual
+roughness) and ``metallic``; ``nx ny nz`` then hold each Gaussian's normal (its shortest axis, oriented away
+from the Gaussians' centroid), informative only. A file with some of the five but not all is an error.
+
 The reader parses the header itself: ``binary_little_endian``, ``binary_big_endian`` and ``ascii``; any PLY scalar
 type; properties in any order; extra properties and extra elements after ``vertex`` ignored.
 """
@@ -38,6 +43,7 @@ _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": None
 _REST_COUNTS = {0: 0, 9: 1, 24: 2, 45: 3}  # number of f_rest_* properties -> SH degree
 _REQUIRED = (["x", "y", "z"] + [f"f_dc_{i}" for i in range(3)] + ["opacity"] + [f"scale_{i}" for i in range(3)]
              + [f"rot_{i}" for i in range(4)])
+MATERIAL_PROPS = ("base_color_0", "base_color_1", "base_color_2", "roughness", "metallic")
 
 
 @dataclass
@@ -59,6 +65,10 @@ class GaussianPly:
     opacity_logits: Tensor
     sh_dc: Tensor
     sh_rest: Tensor
+    material: Tensor | None = None
+    """``[N, 5]`` linear base color, roughness, metallic of relightable Gaussians (None: radiance only)."""
+    normals: Tensor | None = None
+    """``[N, 3]`` written to ``nx ny nz`` (informative; not read back)."""
 
     @property
     def sh_degree(self) -> int:
@@ -81,8 +91,14 @@ class GaussianPly:
         if len(rest) != 3 or rest[0] != n or rest[2] != 3 or rest[1] not in (0, 3, 8, 15):
             raise ValueError(f"GaussianPly.sh_rest must have shape [N={n}, K-1, 3] with K-1 in (0, 3, 8, 15) "
                              f"(SH degree 0..3), got {rest}")
-        for name in (*shapes, "sh_rest"):
-            if not torch.isfinite(getattr(self, name)).all():
+        for name, width in (("material", 5), ("normals", 3)):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != (n, width):
+                raise ValueError(f"GaussianPly.{name} must have shape [N, {width}] with N={n}, got "
+                                 f"{tuple(value.shape)}")
+        for name in (*shapes, "sh_rest", "material", "normals"):
+            value = getattr(self, name)
+            if value is not None and not torch.isfinite(value).all():
                 raise ValueError(f"GaussianPly.{name} contains NaN or Inf")
 
 
@@ -90,11 +106,14 @@ def _columns(g: GaussianPly) -> tuple[list[str], np.ndarray]:
     """Property names in the standard order and the matching ``[N, P]`` float32 array."""
     n = len(g)
     rest = g.sh_rest.detach().cpu().float().permute(0, 2, 1).reshape(n, -1)  # channel-major: R..., G..., B...
-    parts = [g.means, torch.zeros(n, 3), g.sh_dc, rest, g.opacity_logits.reshape(n, 1), g.log_scales, g.quats]
+    normals = g.normals if g.normals is not None else torch.zeros(n, 3)
+    parts = [g.means, normals, g.sh_dc, rest, g.opacity_logits.reshape(n, 1), g.log_scales, g.quats]
+    if g.material is not None:
+        parts.append(g.material)
     data = torch.cat([p.detach().cpu().float().reshape(n, -1) for p in parts], dim=1).numpy()
     names = (["x", "y", "z", "nx", "ny", "nz"] + [f"f_dc_{i}" for i in range(3)]
              + [f"f_rest_{i}" for i in range(rest.shape[1])] + ["opacity"] + [f"scale_{i}" for i in range(3)]
-             + [f"rot_{i}" for i in range(4)])
+             + [f"rot_{i}" for i in range(4)] + (list(MATERIAL_PROPS) if g.material is not None else []))
     return names, np.ascontiguousarray(data, dtype="<f4")
 
 
@@ -201,7 +220,12 @@ def read_gaussian_ply(path: str | os.PathLike) -> GaussianPly:
     expected_rest = [f"f_rest_{i}" for i in range(len(rest_names))]
     if sorted(rest_names) != sorted(expected_rest):
         raise ValueError(f"{path}: f_rest_* properties must be numbered 0..{len(rest_names) - 1}")
-    for name in _REQUIRED + expected_rest:
+    present = [name for name in MATERIAL_PROPS if name in cols]
+    if present and len(present) != len(MATERIAL_PROPS):
+        missing_m = [name for name in MATERIAL_PROPS if name not in cols]
+        raise ValueError(f"{path}: relightable Gaussian PLY has {present} but lacks {missing_m} (all of "
+                         f"{list(MATERIAL_PROPS)} or none)")
+    for name in _REQUIRED + expected_rest + present:
         if not np.isfinite(cols[name]).all():
             raise ValueError(f"{path}: property {name!r} contains NaN or Inf")
 
@@ -219,4 +243,5 @@ def read_gaussian_ply(path: str | os.PathLike) -> GaussianPly:
         opacity_logits=stack(["opacity"])[:, 0].contiguous(),
         sh_dc=stack([f"f_dc_{i}" for i in range(3)]),
         sh_rest=rest,
+        material=stack(list(MATERIAL_PROPS)) if present else None,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from recon.export.gaussian_ply import GaussianPly, read_gaussian_ply, write_gaussian_ply
 from recon.scenes.gaussians import GaussianScene
 from recon.scenes.mesh import MeshScene
@@ -14,18 +16,34 @@ LIGHT_FORMATS = ("hdr", "exr")
 
 
 def scene_to_ply(scene: GaussianScene) -> GaussianPly:
-    """The standard 3DGS PLY record of a scene (full SH degree, raw parameters)."""
+    """The standard 3DGS PLY record of a scene (full SH degree, raw parameters); a relightable scene adds its
+    material and normals (see ``recon.export.gaussian_ply``)."""
+    from recon.scenes.gaussians_pbr import PBRGaussianScene
+
+    material = normals = None
+    if isinstance(scene, PBRGaussianScene):
+        material = torch.cat([scene.base_color, scene.roughness_metallic], -1).detach().cpu().clamp(0, 1)
+        normals = scene.normals(toward=None).detach().cpu()
+        away = scene.means.detach().cpu() - scene.means.detach().cpu().mean(0)
+        normals = normals * torch.where((normals * away).sum(-1, keepdim=True) < 0, -1.0, 1.0)
     return GaussianPly(means=scene.means.detach().cpu(), quats=scene.quats.detach().cpu(),
                        log_scales=scene.log_scales.detach().cpu(), opacity_logits=scene.opacity_logits.detach().cpu(),
-                       sh_dc=scene.sh_dc.detach().cpu()[:, 0], sh_rest=scene.sh_rest.detach().cpu())
+                       sh_dc=scene.sh_dc.detach().cpu()[:, 0], sh_rest=scene.sh_rest.detach().cpu(),
+                       material=material, normals=normals)
 
 
 def scene_from_ply(ply: GaussianPly) -> GaussianScene:
-    """A GaussianScene from a standard 3DGS PLY record; the active SH degree is the file's degree."""
+    """A GaussianScene from a standard 3DGS PLY record (a relightable PBRGaussianScene when the record has a
+    material); the active SH degree is the file's degree."""
     k = ply.sh_rest.shape[1] + 1
     degree = {1: 0, 4: 1, 9: 2, 16: 3}[k]
-    return GaussianScene(ply.means, ply.quats, ply.log_scales, ply.opacity_logits, ply.sh_dc[:, None, :],
-                         ply.sh_rest, max_sh_degree=degree)
+    args = (ply.means, ply.quats, ply.log_scales, ply.opacity_logits, ply.sh_dc[:, None, :], ply.sh_rest)
+    if ply.material is not None:
+        from recon.scenes.gaussians_pbr import PBRGaussianScene
+
+        return PBRGaussianScene(*args, max_sh_degree=degree, base_color=ply.material[:, :3],
+                                roughness_metallic=ply.material[:, 3:])
+    return GaussianScene(*args, max_sh_degree=degree)
 
 
 def export_scene(scene, fmt: str, path: Path) -> Path:

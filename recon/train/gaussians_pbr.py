@@ -30,7 +30,6 @@ from recon.metrics import psnr, ssim
 from recon.renderers import GaussianSettings, RenderSettings, ShadingSettings
 from recon.renderers.gaussians.rasterize import rasterize_gaussians
 from recon.renderers.gaussians.render import GaussianAux, scene_colors
-from recon.scenes.gaussians import GaussianScene
 from recon.scenes.gaussians_pbr import PBRGaussianScene, gaussian_normals
 from recon.scenes.lit import LitScene
 from recon.shading.envmap import EnvLight
@@ -246,9 +245,8 @@ class GaussianPBRMethod(GaussianMethod):
 
         scene = self.eval_scene()
         if isinstance(scene, LitScene):
-            export_scene(scene.cpu(), "hdr", self.run_dir / "exports" / "light.hdr")
-            return export_scene(GaussianScene(*(getattr(scene.geometry, n).detach().cpu()
-                                                for n in GaussianScene.PARAM_NAMES),
-                                              max_sh_degree=scene.geometry.max_sh_degree),
-                                "ply", self.run_dir / "exports" / "scene.ply")
+            scene = scene.cpu()
+            export_scene(scene, "hdr", self.run_dir / "exports" / "light.hdr")
+            # The standard 3DGS layout (the stage-1 radiance, what other viewers show) plus the material.
+            return export_scene(scene, "ply", self.run_dir / "exports" / "scene.ply")
         return super().export()
