@@ -53,7 +53,7 @@ def garden(repeats: int) -> tuple[dict, dict]:
     o, d = (x[0].contiguous() for x in cams.rays(pix[None]))
     leaves = [p.clone().requires_grad_(True) for p in (means, quats, scales, opac, colors)]
     g = torch.Generator().manual_seed(1)
-    v = [torch.randn(W * H, c, generator=g) for c in (3, 1, 1)]
+    v = [torch.randn(len(o), c, generator=g) for c in (3, 1, 1)]  # one ray per pixel + border-tile padding
     build, fwd, bwd = [], [], []
     for i in range(repeats + 1):  # the first iteration warms up (kernel load, first touches)
         for p in leaves:
