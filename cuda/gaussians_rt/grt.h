@@ -133,8 +133,6 @@ class Bvh {
   int64_t num_nodes() const { return (int64_t)nodes_.size(); }
   int64_t num_prims() const { return (int64_t)prims_.size(); }
   int64_t depth() const { return depth_; }
-  // [num_nodes, 8] float32 copy of the nodes (lo, hi, first, count) for tests.
-  at::Tensor nodes_tensor() const;
 
  private:
   template <typename Visit>

@@ -27,6 +27,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("tmax"), py::call_guard<py::gil_scoped_release>(), "-> T [R]")
       .def_property_readonly("num_nodes", &grt::Bvh::num_nodes)
       .def_property_readonly("num_prims", &grt::Bvh::num_prims, "Gaussians stored in the tree")
-      .def_property_readonly("depth", &grt::Bvh::depth)
-      .def("nodes", &grt::Bvh::nodes_tensor, "[num_nodes, 8] float32 (lo, hi, first, count)");
+      .def_property_readonly("depth", &grt::Bvh::depth);
 }

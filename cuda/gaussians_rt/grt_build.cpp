@@ -260,16 +260,4 @@ void Bvh::collapse() {
   }
 }
 
-at::Tensor Bvh::nodes_tensor() const {
-  auto out = at::empty({(int64_t)nodes_.size(), 8}, at::kFloat);
-  float* p = out.data_ptr<float>();
-  for (size_t i = 0; i < nodes_.size(); ++i) {
-    const Node& n = nodes_[i];
-    for (int k = 0; k < 3; ++k) p[8 * i + k] = n.lo[k], p[8 * i + 3 + k] = n.hi[k];
-    p[8 * i + 6] = (float)n.first;
-    p[8 * i + 7] = (float)n.count;
-  }
-  return out;
-}
-
 }  // namespace grt

@@ -21,6 +21,7 @@ render --channels ...albedo,roughness,metallic,normal`` and ``recon relight`` wo
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -138,9 +139,8 @@ class GaussianPBRMethod(GaussianMethod):
             return
         from recon.renderers.gaussians.pbr import bake_transfer
 
-        self.transfer = bake_transfer(self.scene.cpu() if self.device.type != "cpu" else self.scene,
-                                      samples=p.shadow_samples, seed=self.cfg.seed).to(self.device)
-        self.scene.to(self.device)
+        # The tracer copies what it needs to the CPU; the scene stays where it is.
+        self.transfer = bake_transfer(self.scene, samples=p.shadow_samples, seed=self.cfg.seed).to(self.device)
 
     # --- one step ------------------------------------------------------------------------------------------
     def _render_geometry(self, cam, bg):
@@ -190,11 +190,7 @@ class GaussianPBRMethod(GaussianMethod):
             loss = loss + p.lambda_light_white * light_white_prior(self.light.radiance()) + p.lambda_metallic * rm[:, 1].mean()
         self.check_loss(loss)
 
-        class _Out:  # what the densification hooks read
-            pass
-
-        out = _Out()
-        out.aux = aux
+        out = SimpleNamespace(aux=aux)  # what the densification hooks read
         self.strategy.pre_backward(out)
         loss.backward()
         warm = self.material_stage and step <= p.geometry_steps + p.light_warmup

@@ -89,8 +89,9 @@ def render_gaussians_pbr(scene, cameras: Cameras, settings: RenderSettings, ligh
     outs: dict[str, list[Tensor]] = {k: [] for k in ("rgb", "alpha", "depth", "normal", "albedo", "roughness",
                                                       "metallic", "means2d", "radii")}
     origins_all, dirs_all = cams.rays()
+    centers = cams.centers()
     for c in range(len(cams)):
-        center = cams.centers()[c]
+        center = centers[c]
         feats = [material, scene.normals(toward=center)]
         if transfer is not None:
             feats.append(transfer.to(material))
