@@ -490,7 +490,9 @@ def cmd_relight(args: list[str]) -> int:
     cams, names = _camera_path(a, data)
     out_dir = a.out or ((run_dir / "relight" / a.envmap.stem) if run_dir else Path("relight") / a.envmap.stem)
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
-    settings = _settings(a, bg, integrator="mc", cfg=cfg, relight=True, scene=scene)
+    from recon.evaluate_pbr import relight_integrator
+
+    settings = _settings(a, bg, integrator=relight_integrator(scene), cfg=cfg, relight=True, scene=scene)
     frames = _write_frames(scene, cams, names, settings, channels, out_dir)
     print(f"recon relight: wrote {len(names)} frames under {a.envmap} to {out_dir}")
     if a.path == "orbit":

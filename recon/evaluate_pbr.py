@@ -22,6 +22,13 @@ from recon.renderers import RenderSettings, ShadingSettings, render
 __all__ = ["evaluate_inverse_rendering", "scaled_albedo"]
 
 
+def relight_integrator(scene) -> str:
+    """How a LitScene is relit by default: relightable Gaussians with split-sum and their baked self-shadowing
+    (the model they were fitted with: :func:`recon.renderers.gaussians.pbr.bake_transfer`), meshes with the
+    Monte Carlo integrator and shadow rays."""
+    return "splitsum" if hasattr(getattr(scene, "geometry", None), "scaled_base_color") else "mc"
+
+
 def scaled_albedo(scene, scale: torch.Tensor):
     """A copy of the LitScene ``scene`` whose base color is multiplied per channel by ``scale [3]`` (through the
     glTF base-color factor, so textures, vertex colors and factors all scale)."""
@@ -49,12 +56,13 @@ def _render_views(scene, split, settings: RenderSettings, device) -> dict[str, t
 
 
 def evaluate_inverse_rendering(scene, data, background: torch.Tensor, downscale: int = 1, spp: int = 32,
-                               supersample: int = 1, seed: int = 0, indirect: bool = False) -> dict | None:
+                               supersample: int = 1, seed: int = 0, indirect: bool = False,
+                               integrator: str | None = None) -> dict | None:
     """Albedo (aligned / unaligned), roughness, normal and relighting metrics of the LitScene ``scene`` on
     ``data``'s test split; None when the dataset carries no ground-truth G-buffers.
 
-    Relit views are rendered with the Monte Carlo integrator (``spp`` samples per strategy, shadows, one
-    bounce of indirect light with ``indirect``) under each
+    Relit views are rendered with ``integrator`` (None: :func:`relight_integrator` of the scene; Monte Carlo:
+    ``spp`` samples per strategy, shadows, one bounce of indirect light with ``indirect``) under each
     environment of ``transforms_relight.json``, with the albedo aligned by the per-channel median scale and
     without alignment. Returns a dict for ``eval.json`` (``protocol`` states how every number is computed).
     """
@@ -73,8 +81,10 @@ def evaluate_inverse_rendering(scene, data, background: torch.Tensor, downscale:
     result["normal_mae_deg"] = normal_mae_deg(gbuf["normal"], gt)
     m = gt.mask.bool()[..., 0]
     result["metallic_mean"] = float(gbuf["metallic"][..., 0][m].mean()) if m.any() else None
+    integrator = integrator or relight_integrator(scene)
+    indirect = indirect and integrator == "mc"
     mc = RenderSettings(background=background, channels=("rgb", "alpha"),
-                        shading=ShadingSettings(integrator="mc", spp=spp, seed=seed, supersample=supersample,
+                        shading=ShadingSettings(integrator=integrator, spp=spp, seed=seed, supersample=supersample,
                                                 indirect=indirect))
     relit: dict = {}
     from recon.data.io import read_image
@@ -96,7 +106,7 @@ def evaluate_inverse_rendering(scene, data, background: torch.Tensor, downscale:
         for key in next(iter(relit.values())):
             values = [e[key] for e in relit.values() if e[key] is not None]
             result[f"relight_{key}"] = float(np.mean(values)) if values else None
-    result["relight_integrator"] = {"integrator": "mc", "spp": spp, "supersample": supersample,
+    result["relight_integrator"] = {"integrator": integrator, "spp": spp, "supersample": supersample,
                                     "indirect": bool(indirect)}
     return _rounded(result)
 

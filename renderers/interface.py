@@ -61,7 +61,8 @@ class ShadingSettings:
     """
 
     integrator: Literal["splitsum", "mc"] = "splitsum"
-    """"splitsum": prefiltered environment lighting (fast, differentiable w.r.t. the light, no shadows);
+    """"splitsum": prefiltered environment lighting (fast, differentiable w.r.t. the light; unshadowed, except
+    relightable Gaussians, which bake their self-shadowing per Gaussian, see ``shadows``);
     "mc": Monte Carlo with multiple importance sampling of the light and the BRDF, shadow rays through the
     scene's ray caster (accurate; relighting and evaluation)."""
     spp: int = 64
@@ -69,7 +70,8 @@ class ShadingSettings:
     seed: int = 0
     """Monte Carlo: random seed (a fixed seed gives the same image every call)."""
     shadows: bool = True
-    """Monte Carlo: trace shadow rays (self-occlusion of the environment)."""
+    """Monte Carlo: trace shadow rays (self-occlusion of the environment). Split-sum on relightable Gaussians:
+    shade with their baked diffuse transfer (:func:`recon.renderers.gaussians.pbr.bake_transfer`)."""
     supersample: int = 1
     """Shade an N x N grid of sub-pixel samples per pixel and resample them with a Gaussian pixel filter
     (stddev 0.5 px, as Mitsuba's default), which anti-aliases silhouettes, texture and shading edges the way a

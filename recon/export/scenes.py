@@ -23,9 +23,9 @@ def scene_to_ply(scene: GaussianScene) -> GaussianPly:
     material = normals = None
     if isinstance(scene, PBRGaussianScene):
         material = torch.cat([scene.base_color, scene.roughness_metallic], -1).detach().cpu().clamp(0, 1)
-        normals = scene.normals(toward=None).detach().cpu()
-        away = scene.means.detach().cpu() - scene.means.detach().cpu().mean(0)
-        normals = normals * torch.where((normals * away).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+        from recon.renderers.gaussians.pbr import outward_normals
+
+        normals = outward_normals(scene).detach().cpu()
     return GaussianPly(means=scene.means.detach().cpu(), quats=scene.quats.detach().cpu(),
                        log_scales=scene.log_scales.detach().cpu(), opacity_logits=scene.opacity_logits.detach().cpu(),
                        sh_dc=scene.sh_dc.detach().cpu()[:, 0], sh_rest=scene.sh_rest.detach().cpu(),

@@ -74,6 +74,11 @@ class PBRGaussianScene(GaussianScene):
         out = PBRGaussianScene.from_state(self.to_state()).to(self.means.device)
         with torch.no_grad():
             out.base_color.mul_(scale.to(out.base_color))
+        cached = getattr(self, "_transfer_cache", None)  # same geometry: the baked visibility carries over
+        if cached is not None:
+            from recon.renderers.gaussians.pbr import _key
+
+            out._transfer_cache = ((*_key(out, *cached[0][1:3]), cached[0][-1]), cached[1])
         return out
 
     def normals(self, toward: torch.Tensor | None = None) -> torch.Tensor:

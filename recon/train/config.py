@@ -337,6 +337,9 @@ class GaussianPBRConfig:
     the materials are fitted."""
     normal_from: int = 500
     """First step of the depth-normal consistency (the Gaussians are blobs before)."""
+    lambda_flat: float = 1.0
+    """Weight of the flatness prior: the mean ratio of each Gaussian's shortest to its middle axis (from
+    normal_from on), so that the shortest axis, the normal, is well defined."""
     init_light: float = 1.0
     """Initial constant radiance of the learned light (the initial base color is divided by it)."""
     light_height: int = 32
@@ -351,6 +354,9 @@ class GaussianPBRConfig:
     """Adam learning rate of roughness-metallic."""
     lr_light: float = 3e-2
     """Adam learning rate of the light's log-radiance texels."""
+    geometry_lr_scale: float = 0.0
+    """Factor on the geometry's learning rates (means, rotations, scales, opacities) in the material stage;
+    0 freezes the stage-1 geometry and its normals."""
     light_warmup: int = 200
     """First material-stage steps in which only the light learns (the base colors start as the mean stage-1
     color and would otherwise absorb the shading before the light moves; see docs/inverse_rendering.md)."""
@@ -358,6 +364,11 @@ class GaussianPBRConfig:
     """Weight of the neutral-white light prior (as mesh-pbr)."""
     lambda_metallic: float = 0.01
     """Weight of the prior pulling metallic towards 0."""
+    lambda_albedo_smooth: float = 0.0
+    """Weight of the edge-aware total variation of the rendered base color (R3DG / GS-IR): per-Gaussian
+    materials of overlapping Gaussians are otherwise free to trade off against each other."""
+    lambda_roughness_smooth: float = 0.0
+    """Weight of the edge-aware total variation of the rendered roughness."""
     shadow_samples: int = 32
     """Self-shadowing in the split-sum steps: a per-Gaussian diffuse transfer from this many shadow rays per
     Gaussian through the Gaussian ray caster's BVH (R3DG's baked visibility); evaluation then uses the Monte
@@ -415,6 +426,10 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("relight_spp", lambda v: v >= 1, "an integer >= 1"),
     ("pbr.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
     ("pbr.lambda_normal", lambda v: v >= 0, "a number >= 0"),
+    ("pbr.lambda_flat", lambda v: v >= 0, "a number >= 0"),
+    ("pbr.geometry_lr_scale", lambda v: v >= 0, "a number >= 0"),
+    ("pbr.lambda_albedo_smooth", lambda v: v >= 0, "a number >= 0"),
+    ("pbr.lambda_roughness_smooth", lambda v: v >= 0, "a number >= 0"),
     ("pbr.init_light", lambda v: v > 0, "a number > 0"),
     ("pbr.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),
     ("pbr.shadow_samples", lambda v: v >= 0, "an integer >= 0"),

@@ -35,6 +35,9 @@ class DensifyStrategy:
         self.optimizer = optimizer
         self.extent = extent
         self.stop = min(cfg.stop, int(0.6 * max_steps))
+        self.reset_until = self.stop
+        """Last step at which opacities may be reset (a trainer that needs them settled by a given step
+        lowers it)."""
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -77,7 +80,7 @@ class DensifyStrategy:
         if step >= cfg.start and step % cfg.interval == 0:
             self._densify_and_prune(prune_big=cfg.opacity_reset_interval > 0 and step > cfg.opacity_reset_interval)
             self._reset_stats()
-        if cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0:
+        if cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0 and step <= self.reset_until:
             self._reset_opacity()
 
     # --- operations ----------------------------------------------------------------------------------------

@@ -4,18 +4,22 @@ material and normal, and the environment light, from photos under one unknown en
 1. **Geometry stage** (``pbr.geometry_steps``): the 3DGS recipe of ``recon train gaussians`` (radiance, SH,
    densification) plus a depth-normal consistency loss (2DGS / GS-IR): the rendered normal, each Gaussian's
    shortest axis facing the camera (:func:`~recon.scenes.gaussians_pbr.gaussian_normals`), should agree with
-   the normal of the rendered depth, so that normals are trustworthy before materials are fitted.
+   the normal of the rendered depth; and a flatness prior (``pbr.lambda_flat``: shortest / middle axis), so
+   that the shortest axis is a well-defined normal. No opacity reset in the stage's last half reset interval.
 2. **Material stage**: the scene becomes a :class:`~recon.scenes.gaussians_pbr.PBRGaussianScene` (base color
    starting at the mean stage-1 color over the initial light, roughness-metallic constant) lit by a learnable
    :class:`~recon.shading.envmap.EnvLight`. Deferred shading of the rasterized G-buffer by the shared split-sum
    integrator (:mod:`recon.renderers.gaussians.pbr`), made self-shadowing by a per-Gaussian diffuse transfer
    baked through the Gaussian ray caster's BVH every ``pbr.transfer_every`` steps (R3DG's baked visibility);
-   the light warms up alone first; the light priors of mesh-pbr (neutral white, dielectric); densification and
-   the normal consistency continue.
+   the geometry is frozen by default (``pbr.geometry_lr_scale``); the light warms up alone first; the light
+   priors of mesh-pbr (neutral white, dielectric); densification (when its schedule reaches this stage) and the
+   normal consistency continue.
 
 The checkpoint's scene is a :class:`~recon.scenes.lit.LitScene` in the material stage, so ``recon eval`` (the
-inverse-rendering metrics with the Monte Carlo integrator, shadow rays through the Gaussian BVH), ``recon
-render --channels ...albedo,roughness,metallic,normal`` and ``recon relight`` work on the run.
+inverse-rendering metrics), ``recon render --channels ...albedo,roughness,metallic,normal`` and ``recon relight``
+work on the run. They shade as training did: split-sum with the baked self-shadowing, which
+:func:`~recon.renderers.gaussians.pbr.render_gaussians_pbr` bakes (and caches) for any relightable Gaussian scene;
+``--integrator mc`` traces shadow rays through the Gaussian BVH instead.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from recon.train.densify import DensifyStrategy
 from recon.train.gaussians import GaussianMethod, build_optimizer, means_lr
 from recon.train.mesh_pbr import light_white_prior
 
-__all__ = ["GaussianPBRMethod", "depth_normal_loss", "normals_from_depth"]
+__all__ = ["GaussianPBRMethod", "depth_normal_loss", "edge_aware_tv", "normals_from_depth"]
+
+_GEOMETRY = ("means", "quats", "log_scales", "opacity_logits")
 
 
 def normals_from_depth(depth: torch.Tensor, cam) -> torch.Tensor:
@@ -69,6 +75,22 @@ def depth_normal_loss(depth: torch.Tensor, normal: torch.Tensor, alpha: torch.Te
     return (w * (1 - (nd * nr).sum(-1))).sum() / w.sum().clamp_min(1.0)
 
 
+def edge_aware_tv(value: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor, sharpness: float = 10.0
+                  ) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels of a G-buffer channel ``value [H, W, C]``, weighted by
+    ``exp(-sharpness |grad image|)`` (the photo's own edges may carry material edges) and counted only between
+    covered pixels (``alpha [H, W, 1] > 0.5``): the smoothness priors of R3DG / GS-IR on rendered materials."""
+    solid = (alpha[..., 0] > 0.5).float()
+    total = value.new_zeros(())
+    for dim in (0, 1):
+        n = value.shape[dim] - 1
+        dv = (value.narrow(dim, 1, n) - value.narrow(dim, 0, n)).abs().mean(-1)
+        di = (image.narrow(dim, 1, n) - image.narrow(dim, 0, n)).abs().mean(-1)
+        w = torch.exp(-sharpness * di) * solid.narrow(dim, 1, n) * solid.narrow(dim, 0, n)
+        total = total + (w * dv).sum() / w.sum().clamp_min(1.0)
+    return total
+
+
 class GaussianPBRMethod(GaussianMethod):
     """The 3DGS method with a depth-normal consistency, then a material stage (module docstring)."""
 
@@ -76,9 +98,9 @@ class GaussianPBRMethod(GaussianMethod):
     state_keys = frozenset({"optimizer", "densify", "pbr"})
 
     def render_settings(self) -> RenderSettings:
-        ss = self.cfg.eval_supersample
-        shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss)
-                   if self.cfg.pbr.shadow_samples > 0 else ShadingSettings(integrator="splitsum", supersample=ss))
+        # Split-sum with the baked self-shadowing: the model the material stage fits (see the module docstring).
+        shading = ShadingSettings(integrator="splitsum", shadows=self.cfg.pbr.shadow_samples > 0,
+                                  supersample=self.cfg.eval_supersample)
         return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading,
                               gaussians=GaussianSettings())
 
@@ -99,6 +121,14 @@ class GaussianPBRMethod(GaussianMethod):
             self._bake()
             return
         super().setup(state, source)
+        self._settle_opacities()
+
+    def _settle_opacities(self) -> None:
+        """No opacity reset in the last half reset interval of the geometry stage, nor in the material stage:
+        the materials are fitted to (and the shadows baked from) opacities that have recovered."""
+        p = self.cfg.pbr
+        last = p.geometry_steps - self.cfg.densify.opacity_reset_interval // 2
+        self.strategy.reset_until = min(self.strategy.reset_until, last if not self.material_stage else -1)
 
     def state(self) -> dict:
         st = super().state()
@@ -120,7 +150,11 @@ class GaussianPBRMethod(GaussianMethod):
         self.optimizer = build_optimizer(self.scene, cfg, self.extent,
                                          extra={"base_color": p.lr_base_color, "roughness_metallic": p.lr_material})
         self.light_opt = torch.optim.Adam([self.light.log_radiance], lr=p.lr_light)
+        for group in self.optimizer.param_groups:
+            if group["name"] in _GEOMETRY:
+                group["lr"] *= p.geometry_lr_scale
         self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
+        self._settle_opacities()
 
     def _start_material_stage(self) -> None:
         p = self.cfg.pbr
@@ -161,8 +195,9 @@ class GaussianPBRMethod(GaussianMethod):
         from recon.renderers.gaussians.pbr import render_gaussians_pbr
 
         settings = RenderSettings(background=bg, backend=self.cfg.backend,
-                                  shading=ShadingSettings(integrator="splitsum"))
+                                  shading=ShadingSettings(integrator="splitsum", shadows=self.transfer is not None))
         out = render_gaussians_pbr(self.scene, cam, settings, self.light, transfer=self.transfer)
+        self._gbuffer = out.gbuffer
         return out.rgb, out.alpha, out.depth[0], out.normal[0], out.aux
 
     def step(self) -> dict:
@@ -185,9 +220,16 @@ class GaussianPBRMethod(GaussianMethod):
         loss = (1 - cfg.optim.lambda_dssim) * l1 + cfg.optim.lambda_dssim * (1 - ssim(pred, gt).mean())
         if p.lambda_normal > 0 and step >= p.normal_from:
             loss = loss + p.lambda_normal * depth_normal_loss(depth, normal, alpha[0], cam)
+        if p.lambda_flat > 0 and step >= p.normal_from:
+            s = self.scene.scales.sort(dim=-1).values
+            loss = loss + p.lambda_flat * (s[:, 0] / s[:, 1].clamp_min(1e-12)).mean()
         if self.material_stage:
             rm = self.scene.roughness_metallic.clamp(0, 1)
             loss = loss + p.lambda_light_white * light_white_prior(self.light.radiance()) + p.lambda_metallic * rm[:, 1].mean()
+            if p.lambda_albedo_smooth > 0 or p.lambda_roughness_smooth > 0:
+                g = self._gbuffer
+                loss = loss + p.lambda_albedo_smooth * edge_aware_tv(g["albedo"][0], gt[0], alpha[0])
+                loss = loss + p.lambda_roughness_smooth * edge_aware_tv(g["roughness"][0], gt[0], alpha[0])
         self.check_loss(loss)
 
         out = SimpleNamespace(aux=aux)  # what the densification hooks read
@@ -211,7 +253,7 @@ class GaussianPBRMethod(GaussianMethod):
         self.strategy.post_backward(step, out, cam.width, cam.height)
         for group in self.optimizer.param_groups:
             if group["name"] == "means":
-                group["lr"] = means_lr(cfg, self.extent, step)
+                group["lr"] = means_lr(cfg, self.extent, step) * (p.geometry_lr_scale if self.material_stage else 1.0)
         if not self.material_stage and step % cfg.optim.sh_degree_interval == 0:
             self.scene.active_sh_degree = min(self.scene.active_sh_degree + 1, self.scene.max_sh_degree)
         return {"loss": loss.item(), "psnr": psnr(pred.detach().clamp(0, 1), gt).item()}
@@ -232,7 +274,7 @@ class GaussianPBRMethod(GaussianMethod):
 
         ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
                                         spp=self.cfg.relight_spp, supersample=self.cfg.eval_supersample,
-                                        seed=self.cfg.seed)
+                                        seed=self.cfg.seed, integrator="splitsum")
         if ir is not None:
             summary["inverse_rendering"] = ir
 

@@ -41,10 +41,8 @@ __all__ = ["MeshPBRMethod", "explains_interreflection", "explains_shadows", "lig
 def explains_shadows(cfg) -> bool:
     """Whether a run config's training explained self-shadowing by its geometry (``optim.shadow_samples`` or
     ``optim.mc_steps``); its evaluation then shades with the Monte Carlo integrator."""
-    optim = getattr(cfg, "optim", None)
-    pbr = getattr(cfg, "pbr", None)  # gaussians-pbr
-    return (getattr(optim, "shadow_samples", 0) > 0 or getattr(optim, "mc_steps", 0) > 0
-            or getattr(pbr, "shadow_samples", 0) > 0)
+    optim = getattr(cfg, "optim", None)  # gaussians-pbr bakes its shadows: split-sum (recon.evaluate_pbr)
+    return getattr(optim, "shadow_samples", 0) > 0 or getattr(optim, "mc_steps", 0) > 0
 
 
 def explains_interreflection(cfg) -> bool:

@@ -1,12 +1,14 @@
 """Deferred physically based shading of relightable Gaussians (:class:`~recon.scenes.gaussians_pbr.PBRGaussianScene`).
 
 Per camera, one rasterization pass composites the Gaussians' material into a G-buffer: base color (3),
-roughness and metallic (2), the normal (3: each Gaussian's shortest axis facing the camera) and, when given,
-a per-Gaussian diffuse transfer (17: baked self-shadowing, :func:`bake_transfer`). The features are normalized
-by the coverage, the position is the expected depth along the pixel's ray, and the shared shading layer
-(:func:`recon.shading.shade.shade`) shades every covered pixel under the light. The radiance is encoded to sRGB
-and composited over the background with the coverage, like the mesh renderer's PBR mode. Shadow rays of the
-Monte Carlo integrator go through the Gaussian ray caster (:class:`GaussianTracer`).
+roughness and metallic (2), the normal (3: each Gaussian's shortest axis facing the camera) and, for shadowed
+split-sum, a per-Gaussian diffuse transfer (17: baked self-shadowing, :func:`bake_transfer`, baked on first use
+and cached on the scene). The features are normalized by the coverage, the position is the expected depth along
+the pixel's ray, and the shared shading layer (:func:`recon.shading.shade.shade`) shades every covered pixel
+under the light. The radiance is encoded to sRGB and composited over the background with the coverage, like the
+mesh renderer's PBR mode. Shadow rays of the Monte Carlo integrator go through the Gaussian ray caster
+(:class:`GaussianTracer`) from the G-buffer point moved ``SHADOW_OFFSET`` of the scene's extent along the normal
+(the point lies inside the shell of Gaussians that made it), as the bake's rays do.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from recon.cameras import Cameras
 from recon.color import linear_to_srgb
 from recon.renderers.interface import RenderOutput, RenderSettings
 
-__all__ = ["GaussianTracer", "bake_transfer", "render_gaussians_pbr"]
+__all__ = ["GaussianTracer", "bake_transfer", "outward_normals", "render_gaussians_pbr"]
 
+SHADOW_OFFSET = 0.02  # shadow rays start this fraction of the scene's extent off the surface
 _COVERED = 1e-3  # pixels with less coverage are background (not shaded)
 
 
 class GaussianTracer:
     """Shadow rays through Gaussians for the Monte Carlo shader: a ray is blocked when its transmittance
-    (:meth:`GaussianRayCaster.transmittance`) is below 1/2. ``tmin``: rays start this far from their origin
-    (a G-buffer point lies inside the Gaussians that made it)."""
+    (:meth:`GaussianRayCaster.transmittance`) is below 1/2. ``tmin``: rays start this far from their origin."""
 
     def __init__(self, scene, tmin: float):
         from recon.renderers.gaussians.raycast import GaussianRayCaster
@@ -48,20 +50,47 @@ def scene_extent(scene) -> float:
     return max(float((hi - lo).max()), 1e-6)
 
 
+def _key(scene, samples: int, seed: int) -> tuple:
+    return (len(scene), samples, seed, *((t.data_ptr(), t._version) for t in (
+        scene.means, scene.quats, scene.log_scales, scene.opacity_logits)))
+
+
 @torch.no_grad()
-def bake_transfer(scene, samples: int = 64, seed: int = 0) -> Tensor:
+def bake_transfer(scene, samples: int = 32, seed: int = 0, offset: float = SHADOW_OFFSET) -> Tensor:
     """Per-Gaussian self-shadowed diffuse transfer ``[N, 17]`` (:func:`recon.shading.prt.diffuse_transfer`) with
-    shadow rays through the Gaussians themselves, from each center offset by three standard deviations along
-    its normal (oriented away from the scene's center)."""
+    shadow rays through the Gaussians themselves, from each center moved along its normal by three standard
+    deviations plus ``offset`` times the scene's extent (flat Gaussians overlap their neighbours).
+
+    A Gaussian's shortest axis has no sign. Both sides are baked and the side that sees more of the sky is
+    kept: the outside of a surface, also where "away from the centroid" is wrong (the inside of a ring). The
+    result is cached on the scene until its geometry changes, so renders of the same scene reuse it."""
+    return _bake(scene, samples, seed, offset)[0]
+
+
+def outward_normals(scene, samples: int = 32, seed: int = 0) -> Tensor:
+    """``[N, 3]`` each Gaussian's shortest axis, on the side that :func:`bake_transfer` keeps (the outside)."""
+    return _bake(scene, samples, seed, SHADOW_OFFSET)[1]
+
+
+@torch.no_grad()
+def _bake(scene, samples: int, seed: int, offset: float) -> tuple[Tensor, Tensor]:
+    key = (*_key(scene, samples, seed), offset)
+    cached = getattr(scene, "_transfer_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     from recon.shading.prt import diffuse_transfer
 
-    center = scene.means.detach().mean(0)
-    n = scene.normals()
-    n = n * torch.where(((scene.means.detach() - center) * n).sum(-1, keepdim=True) < 0, -1.0, 1.0)
-    thick = scene.scales.detach().min(-1).values[:, None]
-    points = scene.means.detach() + 3.0 * thick * n
+    n = scene.normals().detach()
+    extent = scene_extent(scene)
+    lift = 3.0 * scene.scales.detach().min(-1).values[:, None] + offset * extent
     tracer = GaussianTracer(scene, tmin=0.0)
-    return diffuse_transfer(points, n.detach(), tracer, samples=samples, seed=seed, scale=scene_extent(scene))
+    means = scene.means.detach()
+    up = diffuse_transfer(means + lift * n, n, tracer, samples=samples, seed=seed, scale=extent)
+    down = diffuse_transfer(means - lift * n, -n, tracer, samples=samples, seed=seed, scale=extent)
+    outside = up[:, 16:] >= down[:, 16:]
+    out = (torch.where(outside, up, down), torch.where(outside, n, -n))
+    scene._transfer_cache = (key, out)
+    return out
 
 
 def render_gaussians_pbr(scene, cameras: Cameras, settings: RenderSettings, light,
@@ -82,8 +111,10 @@ def render_gaussians_pbr(scene, cameras: Cameras, settings: RenderSettings, ligh
     cams = cameras.to(device=device, dtype=torch.float32)
     W, H = cams.width, cams.height
     tracer = None
+    if transfer is None and settings.shading.integrator == "splitsum" and settings.shading.shadows:
+        transfer = bake_transfer(scene)  # baked self-shadowing (cached on the scene)
     if settings.shading.integrator == "mc" and settings.shading.shadows:
-        tracer = GaussianTracer(scene, tmin=0.03 * scene_extent(scene))
+        tracer = GaussianTracer(scene, tmin=0.0)
     # Base color may exceed 1 only in an evaluation's albedo alignment (trainers keep it in [0, 1]).
     material = torch.cat([scene.base_color.clamp_min(0), scene.roughness_metallic.clamp(0, 1)], -1)
     outs: dict[str, list[Tensor]] = {k: [] for k in ("rgb", "alpha", "depth", "normal", "albedo", "roughness",
@@ -107,6 +138,8 @@ def render_gaussians_pbr(scene, cameras: Cameras, settings: RenderSettings, ligh
         fwd = cams.world_to_cam[c, 2, :3]
         position = origins_all[c] + d * (z / (d @ fwd).clamp_min(1e-6)[:, None])
         normal = g[:, 5:8] / g[:, 5:8].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        if tracer is not None:  # shadow rays leave the shell of Gaussians that made the point
+            position = position + normal * (SHADOW_OFFSET * scene_extent(scene))
         gb = GBuffer(position=position[m], normal=normal[m], geo_normal=normal[m], view=-d[m],
                      base_color=g[m, :3], roughness=g[m, 3:4], metallic=g[m, 4:5],
                      transfer=g[m, 8:] if transfer is not None else None)
