@@ -325,7 +325,8 @@ def cmd_eval(args: list[str]) -> int:
         from recon.evaluate_pbr import evaluate_inverse_rendering
 
         ir = evaluate_inverse_rendering(scene, data, bg, downscale=a.downscale or (cfg.downscale if cfg else 1),
-                                        spp=a.spp, supersample=a.supersample)
+                                        spp=a.spp, supersample=a.supersample,
+                                        integrator=None if a.integrator == "auto" else a.integrator)
         if ir is not None:
             summary["inverse_rendering"] = ir
             print("recon eval: " + ", ".join(f"{k} {ir[k]}" for k in ("albedo_psnr", "roughness_mae",

@@ -13,7 +13,8 @@ One ``vertex`` element, one float32 property per attribute, in this order::
 Relightable Gaussians (recon's extension; every other 3DGS tool ignores it and shows the radiance) append five
 properties after ``rot_3``: ``base_color_0..2`` (linear base color in [0, 1]), ``roughness`` (glTF perceptual
 roughness) and ``metallic``; ``nx ny nz`` then hold each Gaussian's normal (its shortest axis, on the side
-that sees more of the sky: ``recon.renderers.gaussians.pbr.outward_normals``), informative only. A file with some of the five but not all is an error.
+that sees more of the sky: ``recon.renderers.gaussians.pbr.outward_normals``), informative only. A file with
+some of the five but not all is an error.
 
 The reader parses the header itself: ``binary_little_endian``, ``binary_big_endian`` and ``ascii``; any PLY scalar
 type; properties in any order; extra properties and extra elements after ``vertex`` ignored.

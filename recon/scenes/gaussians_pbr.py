@@ -74,20 +74,27 @@ class PBRGaussianScene(GaussianScene):
         out = PBRGaussianScene.from_state(self.to_state()).to(self.means.device)
         with torch.no_grad():
             out.base_color.mul_(scale.to(out.base_color))
-        cached = getattr(self, "_transfer_cache", None)  # same geometry: the baked visibility carries over
+        out.shadow_samples = self.shadow_samples
+        cached = getattr(self, "_transfer_cache", None)  # same geometry: a valid baked visibility carries over
         if cached is not None:
             from recon.renderers.gaussians.pbr import _key
 
-            out._transfer_cache = ((*_key(out, *cached[0][1:3]), cached[0][-1]), cached[1])
+            samples, seed, offset = cached[0][1], cached[0][2], cached[0][-1]
+            if cached[0] == (*_key(self, samples, seed), offset):
+                out._transfer_cache = ((*_key(out, samples, seed), offset), cached[1])
         return out
 
     def normals(self, toward: torch.Tensor | None = None) -> torch.Tensor:
         """:func:`gaussian_normals` of this scene."""
         return gaussian_normals(self.means, self.quats, self.log_scales, toward)
 
+    shadow_samples: int = 32
+    """Rays per Gaussian of the baked self-shadowing that shading uses (0: unshadowed split-sum); a trainer sets
+    what it trained with, and the scene's state keeps it."""
+
     def header(self) -> str:
         h = json.loads(super().header())
-        h.update(kind=KIND, version=VERSION)
+        h.update(kind=KIND, version=VERSION, shadow_samples=int(self.shadow_samples))
         return json.dumps(h)
 
     STATE_KIND = KIND
@@ -98,4 +105,5 @@ class PBRGaussianScene(GaussianScene):
         scene = cls(*(params[n] for n in GaussianScene.PARAM_NAMES), max_sh_degree=int(header["max_sh_degree"]),
                     base_color=params["base_color"], roughness_metallic=params["roughness_metallic"])
         scene.active_sh_degree = int(header.get("active_sh_degree", scene.max_sh_degree))
+        scene.shadow_samples = int(header.get("shadow_samples", PBRGaussianScene.shadow_samples))
         return scene

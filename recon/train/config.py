@@ -371,8 +371,8 @@ class GaussianPBRConfig:
     """Weight of the edge-aware total variation of the rendered roughness."""
     shadow_samples: int = 32
     """Self-shadowing in the split-sum steps: a per-Gaussian diffuse transfer from this many shadow rays per
-    Gaussian through the Gaussian ray caster's BVH (R3DG's baked visibility); evaluation then uses the Monte
-    Carlo integrator with shadow rays through the same BVH. 0: unshadowed split-sum."""
+    Gaussian through the Gaussian ray caster's BVH (R3DG's baked visibility); evaluation, render and relight
+    shade with the same bake (the scene keeps the count). 0: unshadowed split-sum."""
     transfer_every: int = 200
     """Re-bake the transfer every this-many steps (Gaussians move, split and die)."""
 

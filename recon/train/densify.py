@@ -152,7 +152,8 @@ class DensifyStrategy:
         logits = self.scene.opacity_logits.detach()
         cap = math.log(0.01 / 0.99)
         new = torch.minimum(logits, torch.full_like(logits, cap))
-        self.scene.opacity_logits.data.copy_(new)
+        with torch.no_grad():  # an in-place write autograd (and caches keyed on _version) can see
+            self.scene.opacity_logits.copy_(new)
         for group in self.optimizer.param_groups:
             if group["name"] == "opacity_logits":
                 state = self.optimizer.state.get(group["params"][0])

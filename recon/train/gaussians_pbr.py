@@ -116,12 +116,25 @@ class GaussianPBRMethod(GaussianMethod):
             self.scene = lit.geometry.to(self.device)
             self._make_material_stage(lit.light.to(self.device))
             self.optimizer.load_state_dict(state["optimizer"])
+            self._apply_geometry_lr()  # this run's scale, not the checkpoint's
             self.light_opt.load_state_dict(state["pbr"]["light_optimizer"])
             self.strategy.load_state_dict(state["densify"])
             self._bake()
             return
         super().setup(state, source)
         self._settle_opacities()
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the material stage keeps the stage-1 geometry fixed (``pbr.geometry_lr_scale`` 0)."""
+        return self.material_stage and self.cfg.pbr.geometry_lr_scale == 0
+
+    def _apply_geometry_lr(self) -> None:
+        o, scale = self.cfg.optim, self.cfg.pbr.geometry_lr_scale
+        base = {"quats": o.lr_quats, "log_scales": o.lr_scales, "opacity_logits": o.lr_opacity}
+        for group in self.optimizer.param_groups:
+            if group["name"] in base:
+                group["lr"] = base[group["name"]] * scale  # means: means_lr(...) * scale every step
 
     def _settle_opacities(self) -> None:
         """No opacity reset in the last half reset interval of the geometry stage, nor in the material stage:
@@ -150,11 +163,15 @@ class GaussianPBRMethod(GaussianMethod):
         self.optimizer = build_optimizer(self.scene, cfg, self.extent,
                                          extra={"base_color": p.lr_base_color, "roughness_metallic": p.lr_material})
         self.light_opt = torch.optim.Adam([self.light.log_radiance], lr=p.lr_light)
-        for group in self.optimizer.param_groups:
-            if group["name"] in _GEOMETRY:
-                group["lr"] *= p.geometry_lr_scale
+        self._apply_geometry_lr()
         self.strategy = DensifyStrategy(cfg.densify, self.scene, self.optimizer, self.extent, cfg.max_steps)
         self._settle_opacities()
+        if self.frozen:
+            # No gradients for the geometry (nor in-place Adam writes, so the baked transfer stays cached), and
+            # no densification: clones and splits of frozen Gaussians could never move.
+            for name in _GEOMETRY:
+                getattr(self.scene, name).requires_grad_(False)
+            self.strategy.stop = min(self.strategy.stop, p.geometry_steps)
 
     def _start_material_stage(self) -> None:
         p = self.cfg.pbr
@@ -162,6 +179,7 @@ class GaussianPBRMethod(GaussianMethod):
             mean = scene_colors(self.scene, self.scene.means.mean(0), 0).mean(0)
             base = (srgb_to_linear(mean.clamp(0, 1)) / p.init_light).clamp(0, 1).expand(len(self.scene), 3)
         self.scene = PBRGaussianScene.from_radiance(self.scene, base, p.init_roughness, p.init_metallic)
+        self.scene.shadow_samples = p.shadow_samples  # eval / render / relight bake what training baked
         light = EnvLight.constant(p.init_light, height=p.light_height, learnable=True).to(self.device)
         self._make_material_stage(light)
         self._bake()
@@ -174,7 +192,8 @@ class GaussianPBRMethod(GaussianMethod):
         from recon.renderers.gaussians.pbr import bake_transfer
 
         # The tracer copies what it needs to the CPU; the scene stays where it is.
-        self.transfer = bake_transfer(self.scene, samples=p.shadow_samples, seed=self.cfg.seed).to(self.device)
+        # Seed 0, as the renderer's own bake: evaluation shades with the very transfer training fitted.
+        self.transfer = bake_transfer(self.scene, samples=p.shadow_samples).to(self.device)
 
     # --- one step ------------------------------------------------------------------------------------------
     def _render_geometry(self, cam, bg):
@@ -205,8 +224,9 @@ class GaussianPBRMethod(GaussianMethod):
         step = self.step_index
         if not self.material_stage and step > p.geometry_steps:
             self._start_material_stage()
-        elif self.material_stage and p.shadow_samples > 0 and step % p.transfer_every == 0:
-            self._bake()
+        elif self.material_stage and p.shadow_samples > 0 and (
+                step % p.transfer_every == 0 or len(self.transfer) != len(self.scene)):
+            self._bake()  # cached while the geometry is frozen; at once after densification changed N
         idx = self.next_index()
         cam = self.train_cams[idx]
         bg = torch.rand(3, generator=self.generator).to(self.device) if cfg.random_background else self.eval_background
@@ -218,9 +238,10 @@ class GaussianPBRMethod(GaussianMethod):
             gt = fill_invalid(gt, pred, images)
         l1 = (pred - gt).abs().mean()
         loss = (1 - cfg.optim.lambda_dssim) * l1 + cfg.optim.lambda_dssim * (1 - ssim(pred, gt).mean())
-        if p.lambda_normal > 0 and step >= p.normal_from:
+        shaping = step >= p.normal_from and not self.frozen
+        if p.lambda_normal > 0 and shaping:
             loss = loss + p.lambda_normal * depth_normal_loss(depth, normal, alpha[0], cam)
-        if p.lambda_flat > 0 and step >= p.normal_from:
+        if p.lambda_flat > 0 and shaping:
             s = self.scene.scales.sort(dim=-1).values
             loss = loss + p.lambda_flat * (s[:, 0] / s[:, 1].clamp_min(1e-12)).mean()
         if self.material_stage:

@@ -51,7 +51,9 @@ def scene_extent(scene) -> float:
 
 
 def _key(scene, samples: int, seed: int) -> tuple:
-    return (len(scene), samples, seed, *((t.data_ptr(), t._version) for t in (
+    """What the cached bake depends on: the geometry tensors (address and in-place version; writes through
+    ``.data`` are not seen, so edit parameters under ``torch.no_grad()``) and the bake's settings."""
+    return (len(scene), samples, seed, str(scene.means.device), *((t.data_ptr(), t._version) for t in (
         scene.means, scene.quats, scene.log_scales, scene.opacity_logits)))
 
 
@@ -111,8 +113,9 @@ def render_gaussians_pbr(scene, cameras: Cameras, settings: RenderSettings, ligh
     cams = cameras.to(device=device, dtype=torch.float32)
     W, H = cams.width, cams.height
     tracer = None
-    if transfer is None and settings.shading.integrator == "splitsum" and settings.shading.shadows:
-        transfer = bake_transfer(scene)  # baked self-shadowing (cached on the scene)
+    samples = int(getattr(scene, "shadow_samples", 32))
+    if transfer is None and settings.shading.integrator == "splitsum" and settings.shading.shadows and samples > 0:
+        transfer = bake_transfer(scene, samples=samples)  # baked self-shadowing (cached on the scene)
     if settings.shading.integrator == "mc" and settings.shading.shadows:
         tracer = GaussianTracer(scene, tmin=0.0)
     # Base color may exceed 1 only in an evaluation's albedo alignment (trainers keep it in [0, 1]).
