@@ -425,11 +425,6 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("relight_spp", lambda v: v >= 1, "an integer >= 1"),
     ("pbr.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
-    ("pbr.lambda_normal", lambda v: v >= 0, "a number >= 0"),
-    ("pbr.lambda_flat", lambda v: v >= 0, "a number >= 0"),
-    ("pbr.geometry_lr_scale", lambda v: v >= 0, "a number >= 0"),
-    ("pbr.lambda_albedo_smooth", lambda v: v >= 0, "a number >= 0"),
-    ("pbr.lambda_roughness_smooth", lambda v: v >= 0, "a number >= 0"),
     ("pbr.init_light", lambda v: v > 0, "a number > 0"),
     ("pbr.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),
     ("pbr.shadow_samples", lambda v: v >= 0, "an integer >= 0"),
@@ -452,7 +447,9 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
      ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats",
       "lr_sdf", "lr_deform", "lr_color", "lr_vertices", "lr_texture", "lambda_mask", "lambda_sdf",
       "lambda_laplacian", "lambda_normal", "lr_material", "lr_light", "lambda_albedo_smooth",
-      "lambda_material_smooth", "lambda_shading", "lambda_light_white", "lambda_metallic")]
+      "lambda_material_smooth", "lambda_shading", "lambda_light_white", "lambda_metallic")
+] + [(f"pbr.{n}", lambda v: v >= 0, "a number >= 0") for n in
+     ("lambda_normal", "lambda_flat", "geometry_lr_scale", "lambda_albedo_smooth", "lambda_roughness_smooth")]
 
 
 def _get(cfg, dotted: str):

@@ -28,20 +28,20 @@ _COVERED = 1e-3  # pixels with less coverage are background (not shaded)
 
 class GaussianTracer:
     """Shadow rays through Gaussians for the Monte Carlo shader: a ray is blocked when its transmittance
-    (:meth:`GaussianRayCaster.transmittance`) is below 1/2. ``tmin``: rays start this far from their origin."""
+    (:meth:`GaussianRayCaster.transmittance`) is below 1/2. Callers lift the origins off the shell of
+    Gaussians that made them (``SHADOW_OFFSET``)."""
 
-    def __init__(self, scene, tmin: float):
+    def __init__(self, scene):
         from recon.renderers.gaussians.raycast import GaussianRayCaster
 
         params = [x.detach().float().cpu().contiguous() for x in (scene.means, scene.quats, scene.scales,
                                                                     scene.opacities)]
         self.caster = GaussianRayCaster(*params)
-        self.tmin = float(tmin)
 
     def any_hit(self, origins: Tensor, dirs: Tensor, tmin: float, tmax: float) -> Tensor:
         dev = origins.device
         T = self.caster.transmittance(origins.detach().float().cpu(), dirs.detach().float().cpu(),
-                                      tmin=max(float(tmin), self.tmin), tmax=float(tmax))
+                                      tmin=float(tmin), tmax=float(tmax))
         return (T < 0.5).to(dev)
 
 
@@ -85,7 +85,7 @@ def _bake(scene, samples: int, seed: int, offset: float) -> tuple[Tensor, Tensor
     n = scene.normals().detach()
     extent = scene_extent(scene)
     lift = 3.0 * scene.scales.detach().min(-1).values[:, None] + offset * extent
-    tracer = GaussianTracer(scene, tmin=0.0)
+    tracer = GaussianTracer(scene)
     means = scene.means.detach()
     up = diffuse_transfer(means + lift * n, n, tracer, samples=samples, seed=seed, scale=extent)
     down = diffuse_transfer(means - lift * n, -n, tracer, samples=samples, seed=seed, scale=extent)
@@ -117,7 +117,7 @@ def render_gaussians_pbr(scene, cameras: Cameras, settings: RenderSettings, ligh
     if transfer is None and settings.shading.integrator == "splitsum" and settings.shading.shadows and samples > 0:
         transfer = bake_transfer(scene, samples=samples)  # baked self-shadowing (cached on the scene)
     if settings.shading.integrator == "mc" and settings.shading.shadows:
-        tracer = GaussianTracer(scene, tmin=0.0)
+        tracer = GaussianTracer(scene)
     # Base color may exceed 1 only in an evaluation's albedo alignment (trainers keep it in [0, 1]).
     material = torch.cat([scene.base_color.clamp_min(0), scene.roughness_metallic.clamp(0, 1)], -1)
     outs: dict[str, list[Tensor]] = {k: [] for k in ("rgb", "alpha", "depth", "normal", "albedo", "roughness",
