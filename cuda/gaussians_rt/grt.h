@@ -17,10 +17,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "../gaussians/gs_math.h"
-#include "../mesh_bvh/bvh.h"  // Node4, make_ray, hit_node4: the four-wide SIMD box test of the mesh BVH
+#include "../mesh_bvh/bvh.h"  // make_ray, kRobust, parallel_chunks, kMaxSahDepth
 
 // cols: 0 for a vector [rows], -1 for any [rows, D], else [rows, cols].
 #define GRT_CHECK(x, rows, cols)                                                                          \
@@ -57,9 +58,17 @@ struct alignas(64) Prim {
 };
 static_assert(sizeof(Prim) == 64, "Prim must stay one cache line");
 
-// Up to four Gaussians of one leaf, structure of arrays (unused lanes have k2 = -1: never hit).
-struct alignas(32) Block4 {
-  float M[9][4], mu[3][4], k2[4], opacity[4];
+// The visibility tree (Bvh::build_visibility_tree), which only the transmittance queries use: eight-wide nodes
+// whose lanes are an inner node (count 0), a leaf block (count > 0: its index into blocks_) or unused (count -1),
+// tested with one eight-wide slab test.
+struct alignas(32) Node8 {
+  float lo[3][8], hi[3][8];
+  int32_t child[8], count[8];
+};
+
+// Up to eight Gaussians of one leaf, structure of arrays (unused lanes have k2 = -1: never hit).
+struct alignas(32) Block8 {
+  float M[9][8], mu[3][8], k2[8], opacity[8];
 };
 
 // A hit waiting in the traversal's queue, ordered by (t, id).
@@ -143,16 +152,15 @@ class Bvh {
   bool gather(const float* o, const float* dirs, int64_t count, Order order, Scratch& s) const;
   void check_rays(const at::Tensor& origins, const at::Tensor& dirs) const;
 
-  void collapse();
+  // The transmittance queries' tree, built on their first call: the Gaussians again, in an eight-wide tree
+  // whose leaves (Block8) test up to eight at once.
+  void build_visibility_tree() const;
 
   int64_t n_;
   std::vector<Node> nodes_;
-  // The same tree collapsed to four-wide nodes (lanes: inner node index, or a leaf's first prim and count), for
-  // the unordered transmittance queries, which test four child boxes with one SIMD slab test.
-  std::vector<mesh_bvh::Node4> nodes4_;
-  // Every leaf's (at most 4) Gaussians as one structure-of-arrays block, so one SIMD pass over contiguous
-  // memory tests them all; the four-wide nodes' leaf lanes index these blocks.
-  std::vector<Block4> blocks_;
+  mutable std::vector<Node8> nodes8_;
+  mutable std::vector<Block8> blocks_;
+  mutable std::once_flag visibility_once_;
   std::vector<Prim> prims_;
   at::Tensor means_, quats_, scales_;  // the inputs, for the backward pass
   int64_t depth_ = 0;
