@@ -182,6 +182,41 @@ def test_transmittance_from_inside_a_dense_cloud():
     assert bool((short >= cpu).all())
 
 
+def test_transmittance_many_rays_and_tiny_scenes():
+    """Enough rays that the ray sort is split into parts (one per thread, 65,536 rays each at least): the same
+    values as the rays sent in small slices; and scenes whose whole tree is one leaf or a few."""
+    params, o, d = dense_cloud_rays(N=300, R=200)
+    g = torch.Generator().manual_seed(9)
+    o = (torch.randn(140_000, 3, generator=g) * 0.5).contiguous()
+    d = torch.randn(140_000, 3, generator=g).contiguous()
+    caster = GaussianRayCaster(*params, backend="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        whole = caster.transmittance(o, d, tmin=1e-3)
+    finally:
+        torch.set_num_threads(threads)
+    sliced = torch.cat([caster.transmittance(o[i:i + 20_000], d[i:i + 20_000], tmin=1e-3)
+                        for i in range(0, len(o), 20_000)])
+    assert torch.equal(whole, sliced)
+    for n in (1, 3, 8, 9, 17):
+        small = [p[:n].contiguous() for p in params]
+        cpu = GaussianRayCaster(*small, backend="cpu").transmittance(o[:500], d[:500], tmin=1e-3)
+        ref = GaussianRayCaster(*small, backend="torch").transmittance(o[:500], d[:500], tmin=1e-3)
+        torch.testing.assert_close(cpu, ref, atol=2e-5, rtol=0)
+        assert n < 8 or float((cpu < 1).float().mean()) > 0.01  # the rays meet the small scenes too
+
+
+def test_backward_is_deterministic():
+    """The backward pass's per-thread sums cover the same rays in the same order every call: equal bits."""
+    params = random_gaussians(N=600, seed=8)
+    rays = camera_rays(64, 48)
+    _, first = trace_and_vjp("cpu", params, rays, packet=64)
+    for _ in range(3):
+        _, again = trace_and_vjp("cpu", params, rays, packet=64)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 @pytest.mark.slow
 def test_transmittance_portable_build(tmp_path):
     """The kernels without AVX2 (RECON_NO_AVX2: the scalar slab and ellipsoid tests, as on ARM laptops) give

@@ -14,7 +14,7 @@ namespace {
 
 constexpr int kMaxBins = 32;
 // SAH splits above this depth, object-median splits below, so the depth stays under kMaxDepth + 32 and the
-// four-wide traversal's fixed stack (mesh_bvh::kStackSize) suffices.
+// visibility traversal's fixed stack (grt_trace.cpp, 7 entries per level) suffices.
 constexpr int kMaxDepth = mesh_bvh::kMaxSahDepth;
 
 struct Box {
@@ -150,8 +150,7 @@ Bvh::Bvh(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& sca
   GRT_CHECK(quats, N, 4);
   GRT_CHECK(scales, N, 3);
   GRT_CHECK(opacities, N, 0);
-  TORCH_CHECK_VALUE(leaf_size >= 1 && leaf_size <= 4, "leaf_size must be in [1, 4] (a four-wide leaf block), got ",
-                    leaf_size);
+  TORCH_CHECK_VALUE(leaf_size >= 1 && leaf_size <= 4, "leaf_size must be in [1, 4], got ", leaf_size);
   n_ = N;
   means_ = means.clone();
   quats_ = quats.clone();
@@ -304,7 +303,7 @@ void Bvh::build_visibility_tree() const {
     }
     Node8 n8;
     for (int l = 0; l < 8; ++l) {
-      for (int k = 0; k < 3; ++k) n8.lo[k][l] = INFINITY, n8.hi[k][l] = -INFINITY;
+      for (int k = 0; k < 3; ++k) n8.lo[k][l] = n8.hi[k][l] = INFINITY;  // a box no ray enters, besides the mask
       n8.child[l] = 0;
       n8.count[l] = -1;
     }

@@ -378,16 +378,24 @@ std::vector<at::Tensor> Bvh::trace_backward(const at::Tensor& origins, const at:
   GRT_CHECK(v_depth, R, 0);
   const int64_t S = 13 + D;  // per Gaussian: dmu[3], dM[9], dopacity, dcolor[D]
   const int threads = std::max(1, at::get_num_threads());
-  std::vector<std::vector<float>> acc(threads);
+  std::vector<std::vector<float>> acc(threads);  // per worker (below)
   const float *op = origins.data_ptr<float>(), *dp = dirs.data_ptr<float>(), *cp = colors.data_ptr<float>(),
               *vfp = v_features.data_ptr<float>(), *vap = v_alpha.data_ptr<float>(),
               *vzp = v_depth.data_ptr<float>(), *ftp = final_T.data_ptr<float>();
-  std::vector<Scratch> scratch(threads);
-  mesh_bvh::parallel_chunks(R, 256, [&](int64_t b, int64_t e) {  // dynamic, as the forward pass
-    const int tid = std::min(at::get_thread_num(), threads - 1);
-    auto& g = acc[tid];
+  // Worker w takes chunks w, w + W, w + 2W, ... of 256 rays: interleaved, so an image's busy region is shared
+  // (a split in halves left one thread idle for a third of the time), and fixed, so each worker sums the same
+  // rays in the same order into its own accumulator every time: the gradients are the same bits run after run.
+  constexpr int64_t kChunk = 256;
+  const int64_t n_chunks = (R + kChunk - 1) / kChunk;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, n_chunks));
+  std::vector<Scratch> scratch(workers);
+  at::parallel_for(0, workers, 1, [&](int64_t wb, int64_t we) {
+   for (int64_t w = wb; w < we; ++w)
+   for (int64_t c = w; c < n_chunks; c += workers) {
+    const int64_t b = c * kChunk, e = std::min(R, b + kChunk);
+    auto& g = acc[w];
     if (g.empty()) g.assign(N * S, 0.f);
-    Scratch& s = scratch[tid];
+    Scratch& s = scratch[w];
     for (int64_t r = b; r < e; ++r) {
       const float* o = op + 3 * r;
       const float* d = dp + 3 * r;
@@ -456,6 +464,7 @@ std::vector<at::Tensor> Bvh::trace_backward(const at::Tensor& origins, const at:
           for (int j = 0; j < 3; ++j) gg[3 + i2 * 3 + j] += vp[i2] * po[j] + vq[i2] * d[j];
       }
     }
+   }
   });
   auto v_means = at::zeros({N, 3}, at::kFloat), v_quats = at::zeros({N, 4}, at::kFloat),
        v_scales = at::zeros({N, 3}, at::kFloat), v_opac = at::zeros({N}, at::kFloat),
@@ -602,6 +611,7 @@ inline int responses8(const Block8& b, const float* o, const float* d, float tmi
 at::Tensor Bvh::transmittance(const at::Tensor& origins, const at::Tensor& dirs, double tmin, double tmax) const {
   check_rays(origins, dirs);
   const int64_t R = origins.size(0);
+  TORCH_CHECK_VALUE(R <= INT32_MAX, "at most 2^31 - 1 rays per call, got ", R);
   auto out = at::ones({R}, at::kFloat);
   const float *op = origins.data_ptr<float>(), *dp = dirs.data_ptr<float>();
   float* tp = out.data_ptr<float>();

@@ -24,8 +24,9 @@ it renders any camera model (fisheye, OpenCV distortion) and arbitrary rays (sha
   3DGRT/RayGauss choose the extent from the opacity); an ordered depth-first traversal (each stack entry
   carries a lower bound of the keys below it; a pending hit is composited once no entry can precede it) or,
   for packets of rays from one origin, a cone-culled candidate list scanned per ray; a hand-written backward
-  over the hits the forward pass recorded. ``transmittance`` is an unordered product over a four-wide copy of
-  the tree (SIMD box tests) for shadow rays. See ``docs/raycast.md``.
+  over the hits the forward pass recorded. ``transmittance`` (shadow rays) is an unordered product over a
+  second tree built for it on its first call: eight-wide nodes and leaf blocks of up to eight Gaussians, each
+  tested with one AVX2 operation. See ``docs/raycast.md``.
 * ``torch``: the reference twin (every ray against every Gaussian), any device and dtype.
 """
 
