@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -112,3 +113,31 @@ def require_cpu_extension(family: str, device: torch.device, dtype: torch.dtype)
         return load_cpu_extension(family)
     except ExtensionBuildError as err:
         raise RuntimeError(f"backend 'cpu' requested but the C++ kernels are unavailable: {err}") from err
+
+
+def resolve_cpu_backend(family: str, backend: str, device: torch.device, dtype: torch.dtype, what: str,
+                        slow_note: str | None = None) -> str:
+    """Pick "cpu" or "torch" for an op with C++ CPU kernels in ``cuda/<family>`` and a torch twin.
+
+    ``backend``: "auto", "torch" or "cpu". "cpu" is checked by :func:`require_cpu_extension`. "auto" picks
+    "cpu" for float32 CPU tensors when the kernels build (warning, naming ``what``, when they do not) and
+    "torch" otherwise, warning with ``slow_note`` for other devices or dtypes when one is given."""
+    if backend not in ("auto", "torch", "cpu"):
+        raise ValueError(f"backend must be one of ('auto', 'torch', 'cpu'), got {backend!r}")
+    if backend == "cpu":
+        require_cpu_extension(family, device, dtype)
+        return "cpu"
+    if backend == "torch":
+        return "torch"
+    if device.type != "cpu" or dtype != torch.float32:
+        if slow_note:
+            warnings.warn(f"recon: {what} of {dtype} tensors on {device} uses the torch reference ({slow_note})",
+                          RuntimeWarning, stacklevel=3)
+        return "torch"
+    try:
+        load_cpu_extension(family)
+        return "cpu"
+    except ExtensionBuildError as err:
+        warnings.warn(f"recon: {what} falls back to the torch reference: {str(err)[:300]}", RuntimeWarning,
+                      stacklevel=3)
+        return "torch"

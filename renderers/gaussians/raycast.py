@@ -33,13 +33,12 @@ it renders any camera model (fisheye, OpenCV distortion) and arbitrary rays (sha
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from recon.renderers._build import ExtensionBuildError, load_cpu_extension, require_cpu_extension
+from recon.renderers._build import load_cpu_extension, resolve_cpu_backend
 from recon.renderers.gaussians.rasterize import _check_shape as _check
 
 __all__ = ["BACKENDS", "GaussianRayCaster", "RaycastOutput", "raycast_gaussians"]
@@ -71,25 +70,9 @@ def _ext():
 
 
 def _resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "cpu":
-        require_cpu_extension(_FAMILY, device, dtype)
-        return "cpu"
-    if backend == "torch":
-        return "torch"
-    if device.type != "cpu" or dtype != torch.float32:
-        warnings.warn(f"recon: Gaussian ray casting of {dtype} tensors on {device} uses the torch reference "
-                      "(every ray against every Gaussian: slow, O(rays x Gaussians) memory); the compiled ray "
-                      "caster takes float32 CPU tensors", RuntimeWarning, stacklevel=3)
-        return "torch"
-    try:
-        _ext()
-        return "cpu"
-    except ExtensionBuildError as err:
-        warnings.warn(f"recon: Gaussian ray casting falls back to the slow torch reference: {str(err)[:300]}",
-                      RuntimeWarning, stacklevel=3)
-        return "torch"
+    return resolve_cpu_backend(_FAMILY, backend, device, dtype, "Gaussian ray casting",
+                               slow_note="every ray against every Gaussian: slow, O(rays x Gaussians) memory; the "
+                                         "compiled ray caster takes float32 CPU tensors")
 
 
 class _TraceFn(torch.autograd.Function):
