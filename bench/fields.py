@@ -6,8 +6,9 @@ backward, per backend and mode, and peak memory.
 Workload: ``--rays`` rays of ``--samples`` contiguous samples each (intervals of 1/samples on [1, 2]), random
 densities (``density`` mode; per-ray scales so about a third of the rays stop early) or alphas (``alpha``,
 NeuS), 3 color channels; loss ``(rgb * v).sum() + (opacity * va).sum() + (depth * vd).sum()`` with fixed random
-v. Medians over ``--repeats`` after one warm-up. The encodings (tri-plane, hash grid), the occupancy grid,
-sphere tracing and the whole field renderers are not in recon yet; they join this benchmark when they land.
+v. Medians over ``--repeats`` after one warm-up. The compiled encodings (tri-plane, hash grid), the occupancy
+grid and sphere tracing are not in recon yet; they join this benchmark when they land (the tri-plane trainer's
+speed is in docs/fields.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quality benchmark: train presets, record test PSNR against training time, peak memory; JSON + plot.
 
-    python bench/train.py --out bench/results/train.json [--method gaussians|mesh] [--scenes sample,bob_field,fox]
+    python bench/train.py --out bench/results/train.json [--method gaussians|mesh|triplane] [--scenes sample,bob_field,fox]
         [--eval-every 500]
 
 Each scene runs `recon train --config configs/<method>-<scene>.yaml` in its own process (peak RSS is that
@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = {"bob_field": "synthetic/bob_field", "armadillo_field": "synthetic/armadillo_field", "fox": "fox"}
 # Acceptance targets from the issues: (min test PSNR dB, max wall seconds, max peak RSS MB or None)
 TARGETS = {("gaussians", "sample"): (25.0, 300, None), ("gaussians", "bob_field"): (33.0, 600, 4096),
-           ("gaussians", "fox"): (25.0, 900, None), ("mesh", "armadillo_field"): (30.0, 1200, None)}
+           ("gaussians", "fox"): (25.0, 900, None), ("mesh", "armadillo_field"): (30.0, 1200, None),
+           ("triplane", "bob_field"): (31.0, 1800, 4096), ("triplane", "armadillo_field"): (31.0, 1800, 4096)}
 MAX_CHAMFER = {"armadillo_field": 0.01}
 
 
@@ -76,7 +77,7 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
         cmd += ["--data", str(data_root / SHARED[scene])]
     cmd += extra
     summary, curve, wall, usage = launch(cmd, run_dir, scene)
-    size = {k: summary[k] for k in ("num_gaussians", "num_faces") if k in summary}
+    size = {k: summary[k] for k in ("num_gaussians", "num_faces", "num_params") if k in summary}
     result = {"method": method, "scene": scene, "psnr": summary["psnr"], "ssim": summary["ssim"], **size,
               "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": " ".join(cmd), "curve": curve}
@@ -133,7 +134,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--method", choices=("gaussians", "mesh"), default="gaussians")
+    parser.add_argument("--method", choices=("gaussians", "mesh", "triplane"), default="gaussians")
     parser.add_argument("--scenes", default=None, help="default: sample,bob_field,fox (gaussians), "
                         "armadillo_field,bob_field (mesh)")
     parser.add_argument("--eval-every", type=int, default=1000)
@@ -141,7 +142,8 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     out_root = args.runs or args.out.parent / "runs"
-    scenes = args.scenes or ("armadillo_field,bob_field" if args.method == "mesh" else "sample,bob_field,fox")
+    scenes = args.scenes or ("armadillo_field,bob_field" if args.method in ("mesh", "triplane")
+                             else "sample,bob_field,fox")
     results = [run_scene(args.method, s, out_root, args.eval_every, extra) for s in scenes.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "cpu_count": os.cpu_count()}, indent=1))

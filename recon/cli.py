@@ -16,7 +16,7 @@ from recon.train.config import METHODS, load_config_file, validate
 
 USAGE = """usage: recon {train,eval,render,relight,export} ...
 
-  recon train [gaussians|gaussians-pbr|mesh|mesh-pbr] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon train [gaussians|gaussians-pbr|mesh|mesh-pbr|triplane] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
   recon eval RUN | --scene FILE --data DIR
   recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
   recon render --scene FILE.{ply,obj,glb} --data DIR [--split test] [--out DIR]
@@ -225,7 +225,7 @@ def _load_source(src: SourceArgs, need_data: bool):
 
 
 def describe_scene(scene) -> str:
-    """"N Gaussians" or "V vertices, F faces"."""
+    """"N Gaussians", "V vertices, F faces" or the field's size."""
     from recon.scenes.lit import LitScene
     from recon.scenes.mesh import MeshScene
 
@@ -234,6 +234,11 @@ def describe_scene(scene) -> str:
         return f"{describe_scene(scene.geometry)}, a {w}x{h} environment light"
     if isinstance(scene, MeshScene):
         return f"{scene.vertices.shape[0]} vertices, {scene.faces.shape[0]} faces"
+    from recon.scenes.triplane import TriPlaneField
+
+    if isinstance(scene, TriPlaneField):
+        return (f"a tri-plane field of {scene.num_params / 1e6:.1f} M parameters "
+                f"(planes {'/'.join(str(r) for r in scene.resolutions)})")
     return f"{len(scene)} Gaussians"
 
 
@@ -262,6 +267,10 @@ def load_run_scene(run_dir: Path):
             from recon.scenes.lit import LitScene
 
             return LitScene.from_state(state["scene"], source=str(ckpt))
+        if _state_kind(state["scene"]) == "triplane":
+            from recon.scenes.triplane import TriPlaneField
+
+            return TriPlaneField.from_state(state["scene"], source=str(ckpt))
         return GaussianScene.from_state(state["scene"], source=str(ckpt))
     for name in ("scene.ply", "mesh.glb"):
         if (run_dir / "exports" / name).is_file():
@@ -338,8 +347,15 @@ def cmd_eval(args: list[str]) -> int:
 
     from recon.scenes.lit import LitScene
 
+    from recon.scenes.triplane import TriPlaneField
+
     geom = scene.geometry if isinstance(scene, LitScene) else scene
-    size = {"num_faces": geom.num_faces} if isinstance(geom, MeshScene) else {"num_gaussians": len(geom)}
+    if isinstance(geom, MeshScene):
+        size = {"num_faces": geom.num_faces}
+    elif isinstance(geom, TriPlaneField):
+        size = {"num_params": geom.num_params}
+    else:
+        size = {"num_gaussians": len(geom)}
     summary.update(**size, train_seconds=train_seconds)
     for v in summary["views"]:
         print(f"  {v['name']:>20s}  PSNR {v['psnr']:6.2f}  SSIM {v['ssim']:.4f}")

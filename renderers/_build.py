@@ -132,12 +132,12 @@ def resolve_cpu_backend(family: str, backend: str, device: torch.device, dtype: 
     if device.type != "cpu" or dtype != torch.float32:
         if slow_note:
             warnings.warn(f"recon: {what} of {dtype} tensors on {device} uses the torch reference ({slow_note})",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
         return "torch"
     try:
         load_cpu_extension(family)
         return "cpu"
     except ExtensionBuildError as err:
         warnings.warn(f"recon: {what} falls back to the torch reference: {str(err)[:300]}", RuntimeWarning,
-                      stacklevel=3)
+                      stacklevel=4)
         return "torch"

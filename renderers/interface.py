@@ -143,6 +143,7 @@ def render(scene, cameras: Cameras, settings: RenderSettings | None = None) -> R
     import recon.renderers.gaussians  # noqa: F401
     import recon.renderers.lit  # noqa: F401
     import recon.renderers.mesh  # noqa: F401
+    import recon.renderers.volume.field  # noqa: F401
 
     for klass in type(scene).__mro__:
         if klass in _REGISTRY:

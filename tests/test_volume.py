@@ -50,7 +50,7 @@ def test_cpu_matches_torch_twin(mode):
     for a, b in ((cpu.rgb, ref.rgb), (cpu.opacity, ref.opacity), (cpu.depth, ref.depth),
                  (cpu.weights, ref.weights)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
-    assert torch.equal(cpu.count.long(), ref.count)
+    assert cpu.count.dtype == ref.count.dtype == torch.int32 and torch.equal(cpu.count, ref.count)
     for name, a, b in zip(("values", "colors", "t_starts", "t_ends"), g_cpu, g_ref):
         rel = float((a - b).norm() / b.norm().clamp_min(1e-12))
         assert rel < 1e-3, f"{name}: relative VJP error {rel:.2e}"
@@ -108,6 +108,30 @@ def test_early_stop_and_opaque_samples():
         torch.testing.assert_close(leaves[0].grad, torch.tensor([1.0, 0.0, 0.0, 0.0]))
     out = composite(values * 0.5, colors, t0, t0 + 1, offsets, mode="alpha", t_eps=0.0)
     assert int(out.count[0]) == 4
+
+
+@pytest.mark.parametrize("mode", ["alpha", "density"])
+def test_opaque_sample_without_early_stop_matches_twin(mode):
+    """t_eps = 0: samples behind a fully opaque one are composited with weight 0, and the gradient w.r.t. the
+    samples in front of it still sees them (the twin's cumprod is exact there)."""
+    if mode == "alpha":
+        values = torch.tensor([0.5, 1.0, 0.3, 0.6, 0.2, 0.4])
+    else:
+        values = torch.tensor([0.7, 80.0, 0.3, 2.0, 0.2, 0.4])  # exp(-80) is 0 in float32
+    colors = torch.rand(6, 3, generator=torch.Generator().manual_seed(0))
+    t0 = torch.arange(6.0)
+    params = [values, colors, t0, t0 + 1]
+    offsets = torch.tensor([0, 3, 6])
+    outs = {}
+    for backend in ("cpu", "torch"):
+        leaves = [p.clone().requires_grad_(True) for p in params]
+        out = composite(*leaves, offsets, mode=mode, t_eps=0.0, backend=backend)
+        assert out.count.tolist() == [3, 3]
+        (out.rgb.sum() + 0.5 * out.depth.sum() + out.opacity.sum()).backward()
+        outs[backend] = [p.grad for p in leaves]
+    for name, a, b in zip(("values", "colors", "t_starts", "t_ends"), outs["cpu"], outs["torch"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    assert float(outs["cpu"][0][0].abs()) > 0.01  # the sample in front of the opaque one has a gradient
 
 
 def test_bad_input():

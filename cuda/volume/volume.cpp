@@ -6,10 +6,11 @@
 // T_i = prod_{j < i} (1 - a_j), a sample is composited while T_i >= t_eps (early stop, as nerfacc) with weight
 // w_i = T_i a_i: rgb = sum w_i c_i, opacity = sum w_i, depth = sum w_i (t_start + t_end) / 2.
 //
-// Backward, per ray: with G_i = dL/dw_i = g_rgb.c_i + g_depth t_i + g_opacity + g_w_i and the suffix
-// S_i = sum_{k > i} w_k G_k (accumulated from the back, no cancellation),
-//   dL/da_i = T_i G_i - S_i / (1 - a_i)         (mode 1; S_i != 0 only when T_{i+1} >= t_eps, so 1 - a_i > 0)
-//   dL/dsigma_i = delta_i ((1 - a_i) T_i G_i - S_i),   dL/ddelta_i = sigma_i (same bracket)   (mode 0)
+// Backward, per ray: with G_i = dL/dw_i = g_rgb.c_i + g_depth t_i + g_opacity + g_w_i and
+// U_i = sum_{k > i} a_k G_k prod_{i < j < k} (1 - a_j), accumulated from the back as
+// U_i = a_{i+1} G_{i+1} + (1 - a_{i+1}) U_{i+1} (no division, so a fully opaque sample is no special case):
+//   dL/da_i = T_i (G_i - U_i)                                              (mode 1)
+//   dL/dsigma_i = delta_i (1 - a_i) T_i (G_i - U_i), dL/ddelta_i = sigma_i (same factor)   (mode 0)
 //   dL/dc_i = w_i g_rgb.
 #include <torch/extension.h>
 
@@ -153,28 +154,29 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& values, const at::T
         T *= 1.f - as[j];
       }
       const float* g_rgb = vrp + r * in.D;
-      float suffix = 0.f;  // S_i = sum_{k > i} w_k G_k
+      float U = 0.f, a_next = 0.f, G_next = 0.f;  // U_i, a_{i+1}, G_{i+1}
       for (int64_t j = n - 1; j >= 0; --j) {
         const int64_t i = first + j;
         const float* col = in.colors + i * in.D;
         const float tm = 0.5f * (in.t0[i] + in.t1[i]);
         float G = vop[r] + vzp[r] * tm + vwp[i];
         for (int64_t k = 0; k < in.D; ++k) G += g_rgb[k] * col[k];
+        if (j < n - 1) U = a_next * G_next + (1.f - a_next) * U;
         const float w = Ts[j] * as[j];
         for (int64_t k = 0; k < in.D; ++k) gcp[i * in.D + k] = w * g_rgb[k];
         // The depth's midpoint depends on the sample's ends.
         g0p[i] = g1p[i] = 0.5f * w * vzp[r];
-        const float one_minus = 1.f - as[j];
+        const float da = Ts[j] * (G - U);  // dL/da_i
         if (mode == 0) {
-          const float bracket = one_minus * Ts[j] * G - suffix;  // dL/d(sigma delta)
-          const float delta = in.t1[i] - in.t0[i];
-          gvp[i] = delta * bracket;
-          g1p[i] += in.values[i] * bracket;
-          g0p[i] -= in.values[i] * bracket;
+          const float dx = (1.f - as[j]) * da;  // dL/d(sigma delta)
+          gvp[i] = (in.t1[i] - in.t0[i]) * dx;
+          g1p[i] += in.values[i] * dx;
+          g0p[i] -= in.values[i] * dx;
         } else {
-          gvp[i] = Ts[j] * G - (suffix != 0.f ? suffix / one_minus : 0.f);
+          gvp[i] = da;
         }
-        suffix += w * G;
+        a_next = as[j];
+        G_next = G;
       }
     }
   });

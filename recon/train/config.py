@@ -391,8 +391,49 @@ class GaussianPBRTrainConfig(GaussianTrainConfig):
     pbr: GaussianPBRConfig = field(default_factory=GaussianPBRConfig)
 
 
+@dataclass
+class TriPlaneModelConfig:
+    """The tri-plane field (recon/scenes/triplane.py)."""
+
+    resolutions: tuple[int, ...] = (64, 128, 256)
+    """Plane edge (texels) of each level."""
+    channels: int = 16
+    """Features per plane and level."""
+    hidden: int = 64
+    """Width of the density and color MLPs."""
+    samples: int = 64
+    """Samples per ray across the field's box (equal intervals; no occupancy grid yet)."""
+    bounds_margin: float = 0.05
+    """Margin added on every side of the object's box (a fraction of its size)."""
+
+
+@dataclass
+class TriPlaneOptimConfig:
+    """Adam on the planes and the MLPs, learning rates decayed exponentially to 10 % at the last step."""
+
+    rays_per_step: int = 2048
+    """Rays per step, drawn from 8 random training views."""
+    lr_planes: float = 0.02
+    lr_mlp: float = 0.002
+    lambda_tv: float = 1e-4
+    """Total variation of the planes (K-Planes' spatial smoothness)."""
+
+
+@dataclass
+class TriPlaneTrainConfig(TrainConfigBase):
+    """Train a tri-plane radiance field (volume rendering) from posed images."""
+
+    max_steps: int = 3000
+    """Number of optimization steps."""
+    backend: Literal["auto", "torch", "cpu"] = "auto"
+    """Volume compositing backend."""
+    model: TriPlaneModelConfig = field(default_factory=TriPlaneModelConfig)
+    optim: TriPlaneOptimConfig = field(default_factory=TriPlaneOptimConfig)
+
+
 METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig, "mesh": MeshTrainConfig,
-                            "mesh-pbr": MeshPBRTrainConfig, "gaussians-pbr": GaussianPBRTrainConfig}
+                            "mesh-pbr": MeshPBRTrainConfig, "gaussians-pbr": GaussianPBRTrainConfig,
+                            "triplane": TriPlaneTrainConfig}
 
 # (field path, predicate, what is expected)
 _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
@@ -424,6 +465,14 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.views_per_step", lambda v: v >= 1, "an integer >= 1"),
     ("optim.lr_final_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("relight_spp", lambda v: v >= 1, "an integer >= 1"),
+    ("model.resolutions", lambda v: len(v) >= 1 and all(2 <= r <= 2048 for r in v), "plane edges in 2..2048"),
+    ("model.channels", lambda v: v >= 1, "an integer >= 1"),
+    ("model.hidden", lambda v: v >= 1, "an integer >= 1"),
+    ("model.samples", lambda v: v >= 1, "an integer >= 1"),
+    ("optim.rays_per_step", lambda v: v >= 8 and v % 8 == 0, "a multiple of 8 (rays from 8 views per step)"),
+    ("optim.lr_planes", lambda v: v > 0, "a positive number"),
+    ("optim.lr_mlp", lambda v: v > 0, "a positive number"),
+    ("optim.lambda_tv", lambda v: v >= 0, "a number >= 0"),
     ("pbr.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
     ("pbr.init_light", lambda v: v > 0, "a number > 0"),
     ("pbr.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),

@@ -24,5 +24,5 @@ def composite_ref(values: Tensor, colors: Tensor, t_starts: Tensor, t_ends: Tens
     rgb = colors.new_zeros(R, D).index_add(0, ray, weights[:, None] * colors)
     opacity = weights.new_zeros(R).index_add(0, ray, weights)
     depth = weights.new_zeros(R).index_add(0, ray, weights * 0.5 * (t_starts + t_ends))
-    count = torch.zeros(R, dtype=torch.long, device=values.device).index_add(0, ray, keep.long())
+    count = torch.zeros(R, dtype=torch.int32, device=values.device).index_add(0, ray, keep.int())
     return rgb, opacity, depth, weights, count

@@ -38,7 +38,7 @@ class VolumeOutput:
         opacity: ``[R, 1]`` ``sum_i w_i``.
         depth: ``[R, 1]`` ``sum_i w_i t_mid_i``, unnormalized (divide by opacity for the expected depth).
         weights: ``[S]`` ``w_i`` (0 for samples after the early stop), for losses on the weights.
-        count: ``[R]`` samples composited per ray (int).
+        count: ``[R]`` samples composited per ray (int32).
     """
 
     rgb: Tensor
@@ -93,6 +93,8 @@ def _validate(values, colors, t_starts, t_ends, offsets, mode, t_eps) -> None:
             raise ValueError(f"{name} must have shape [S] with S={S}, got {tuple(x.shape)}")
     if offsets.ndim != 1 or len(offsets) < 1 or offsets.dtype != torch.int64:
         raise ValueError(f"offsets must be an int64 tensor [R + 1], got {offsets.dtype} {tuple(offsets.shape)}")
+    if offsets.device != values.device:
+        raise ValueError(f"offsets must be on the values' device ({values.device}), got {offsets.device}")
     if int(offsets[0]) != 0 or int(offsets[-1]) != S or bool((offsets[1:] < offsets[:-1]).any()):
         raise ValueError(f"offsets must be non-decreasing from 0 to the sample count {S}")
     for name, x in (("values", values), ("colors", colors), ("t_starts", t_starts), ("t_ends", t_ends)):
@@ -139,5 +141,5 @@ def composite(values: Tensor, colors: Tensor, t_starts: Tensor, t_ends: Tensor, 
     else:
         rgb, opacity, depth, weights, count = _CompositeFn.apply(
             values.contiguous(), colors.contiguous(), t_starts.contiguous(), t_ends.contiguous(),
-            offsets.cpu().contiguous(), MODES.index(mode), float(t_eps))
+            offsets.contiguous(), MODES.index(mode), float(t_eps))
     return VolumeOutput(rgb=rgb, opacity=opacity[:, None], depth=depth[:, None], weights=weights, count=count)
