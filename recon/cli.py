@@ -537,6 +537,12 @@ def cmd_export(args: list[str]) -> int:
     out = a.out or ((run_dir / "exports" / f"scene.{a.format}") if run_dir else None)
     if out is None:
         raise ValueError("--out FILE is required when exporting a --scene file")
+    from recon.scenes.triplane import TriPlaneField
+
+    if isinstance(scene, TriPlaneField):
+        where = f" ({run_dir / 'exports' / 'field.pt'} holds the field itself)" if run_dir else ""
+        raise ValueError(f"a tri-plane field has no {a.format} export yet: meshes of fields need marching cubes, "
+                         f"which recon does not have yet{where}")
     export_scene(scene.cpu(), a.format, out)
     print(f"recon export: wrote {out} ({describe_scene(scene)})")
     return 0
