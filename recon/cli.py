@@ -250,7 +250,7 @@ def scene_device(scene) -> torch.device:
 
 
 def load_run_scene(run_dir: Path):
-    """The scene of a run: its latest checkpoint, else its export (exports/scene.ply or exports/mesh.glb)."""
+    """The scene of a run: its latest checkpoint, else its export (exports/scene.ply, mesh.glb or field.pt)."""
     from recon.export.scenes import load_scene_file
     from recon.scenes.gaussians import GaussianScene
     from recon.scenes.mesh import MeshScene
@@ -275,7 +275,17 @@ def load_run_scene(run_dir: Path):
     for name in ("scene.ply", "mesh.glb"):
         if (run_dir / "exports" / name).is_file():
             return load_scene_file(run_dir / "exports" / name)
-    raise FileNotFoundError(f"{run_dir}: no checkpoint in checkpoints/ and no exports/scene.ply or mesh.glb")
+    field = run_dir / "exports" / "field.pt"
+    if field.is_file():
+        from recon.scenes.triplane import TriPlaneField
+
+        try:
+            state = torch.load(field, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt or not a tensor file: one line naming it
+            raise ValueError(f"{field}: not a recon field state ({type(err).__name__})") from err
+        return TriPlaneField.from_state(state, source=str(field))
+    raise FileNotFoundError(f"{run_dir}: no checkpoint in checkpoints/ and no exports/scene.ply, mesh.glb or "
+                            "field.pt")
 
 
 def _state_kind(state) -> str | None:

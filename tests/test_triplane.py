@@ -120,6 +120,15 @@ def test_train_triplane_end_to_end(tmp_path, capsys):
     assert len(list(out.glob("*.png"))) >= 8
     assert main(["export", str(run), "--format", "obj", "--out", str(tmp_path / "m.obj")]) == 1
     assert "a tri-plane field has no obj export yet" in capsys.readouterr().err
+    # Without its checkpoints a run still evaluates from exports/field.pt; a corrupt one is a one-line error.
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    assert main(["eval", str(run), "--out", str(tmp_path / "e.json")]) == 0
+    assert abs(json.loads((tmp_path / "e.json").read_text())["psnr"] - final) < 0.05
+    (run / "exports" / "field.pt").write_bytes(b"not a torch file")
+    assert main(["eval", str(run), "--out", str(tmp_path / "e2.json")]) == 1
+    assert "field.pt: not a recon field state" in capsys.readouterr().err
 
 
 def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
