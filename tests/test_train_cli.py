@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from _resume import straight_and_resumed
+
 from recon.cli import main
 from recon.data.sample import ensure_sample_scene
 from recon.train.checkpoint import load_checkpoint
@@ -181,19 +183,7 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     cfg = GaussianTrainConfig(data=ensure_sample_scene(), downscale=4, max_steps=60, checkpoint_every=1000,
                               progress=False)
     cfg.densify.start, cfg.densify.interval = 10, 10  # densify (with random split samples) across the cut
-    straight = Trainer(cfg, tmp_path / "a")
-    straight.train()
-
-    def stop(step, trainer):
-        if step == 25:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        first = Trainer(cfg, tmp_path / "b", hooks=[stop])
-        first.train()
-    first.save()
-    resumed = Trainer(cfg, tmp_path / "b", resume=True)
-    resumed.train()
+    straight, resumed = straight_and_resumed(cfg, tmp_path, cut=25)
     assert len(resumed.scene) == len(straight.scene)
     for name, p in straight.scene.param_groups().items():
         torch.testing.assert_close(resumed.scene.param_groups()[name], p, rtol=0, atol=0, msg=name)

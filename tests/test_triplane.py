@@ -134,24 +134,13 @@ def test_train_triplane_end_to_end(tmp_path, capsys):
 def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     """Checkpoints carry the field, Adam's moments, the data order and the random states (ray jitter, pixels,
     backgrounds): a run cut at step 12 and resumed ends with the same bits as one that was not."""
+    from _resume import straight_and_resumed
+
     from recon.train.config import TriPlaneTrainConfig
-    from recon.train.trainer import Trainer
 
     cfg = TriPlaneTrainConfig(data=ensure_sample_scene(), downscale=4, max_steps=24, checkpoint_every=1000,
                               progress=False)
     cfg.model.resolutions, cfg.model.samples, cfg.optim.rays_per_step = (16, 32), 16, 256
-    straight = Trainer(cfg, tmp_path / "a")
-    straight.train()
-
-    def stop(step, trainer):
-        if step == 12:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        first = Trainer(cfg, tmp_path / "b", hooks=[stop])
-        first.train()
-    first.save()
-    resumed = Trainer(cfg, tmp_path / "b", resume=True)
-    resumed.train()
+    straight, resumed = straight_and_resumed(cfg, tmp_path, cut=12)
     for (name, p), q in zip(straight.scene.named_parameters(), resumed.scene.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)

@@ -48,6 +48,24 @@ def visual_hull_occupancy(points: torch.Tensor, cameras, images: torch.Tensor, c
     return out
 
 
+def object_box(data, hull: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lo, hi [3]`` around the object: a cube around the point the cameras look at, half the median camera
+    distance on a side; with ``hull``, the box of the visual hull carved at 32^3 inside it (plus one cell).
+    Raises ``ValueError`` naming the dataset when the hull is empty."""
+    cams, images = data.train.cameras, data.train.images
+    center = look_at_center(cams).float()
+    dist = (cams.centers().float() - center).norm(dim=-1).median().item()
+    lo, hi = center - 0.5 * dist, center + 0.5 * dist
+    if hull:
+        coarse = TetGrid(32, lo, hi).base_vertices
+        occ = visual_hull_occupancy(coarse, cams, images)
+        if not occ.any():
+            raise ValueError(f"the visual hull of {data.root} is empty: no point lies inside every alpha mask")
+        cell = (hi - lo) / 32
+        lo, hi = coarse[occ].min(0).values - cell, coarse[occ].max(0).values + cell
+    return lo, hi
+
+
 def initial_grid(cfg, data, mask_alpha: bool) -> TetGrid:
     """The tet grid and its initial SDF: visual hull (signed distance to the carved occupancy) or a sphere."""
     from scipy import ndimage
@@ -57,18 +75,8 @@ def initial_grid(cfg, data, mask_alpha: bool) -> TetGrid:
     hull = m.init == "visual_hull" or (m.init == "auto" and not mask_alpha and _has_masks(images))
     if m.init == "visual_hull" and (mask_alpha or not _has_masks(images)):
         raise ValueError("model.init = 'visual_hull' needs a dataset with coverage alpha (RGBA object masks)")
-    center = look_at_center(cams).float()
-    dist = (cams.centers().float() - center).norm(dim=-1).median().item()
-    lo, hi = center - 0.5 * dist, center + 0.5 * dist
-    if hull:
-        # A coarse carve finds the object's box; the grid then covers it with a margin.
-        coarse = TetGrid(32, lo, hi).base_vertices
-        occ = visual_hull_occupancy(coarse, cams, images)
-        if not occ.any():
-            raise ValueError(f"the visual hull of {data.root} is empty: no point lies inside every alpha mask")
-        pts = coarse[occ]
-        cell = (hi - lo) / 32
-        lo, hi = pts.min(0).values - cell, pts.max(0).values + cell
+    lo, hi = object_box(data, hull)
+    if hull:  # the grid covers the hull's box with a margin
         size = (hi - lo).max()
         mid = 0.5 * (lo + hi)
         lo, hi = mid - 0.5 * size * (1 + 2 * m.bounds_margin), mid + 0.5 * size * (1 + 2 * m.bounds_margin)

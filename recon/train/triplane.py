@@ -22,29 +22,9 @@ from recon.renderers.volume.field import render_rays
 from recon.scenes.triplane import TriPlaneField
 from recon.train.method import Method
 
-__all__ = ["TriPlaneMethod", "object_box"]
+__all__ = ["TriPlaneMethod"]
 
 VIEWS_PER_STEP = 8
-
-
-def object_box(data, mask_alpha: bool, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lo, hi [3]``: the visual hull's box (coverage alpha) or a cube around the cameras' look-at point."""
-    from recon.scenes.tetgrid import TetGrid
-    from recon.train.init import _has_masks, look_at_center
-    from recon.train.mesh import visual_hull_occupancy
-
-    cams, images = data.train.cameras, data.train.images
-    center = look_at_center(cams).float()
-    dist = (cams.centers().float() - center).norm(dim=-1).median().item()
-    lo, hi = center - 0.5 * dist, center + 0.5 * dist
-    if not mask_alpha and _has_masks(images):
-        coarse = TetGrid(32, lo, hi).base_vertices
-        occ = visual_hull_occupancy(coarse, cams, images)
-        if occ.any():
-            cell = (hi - lo) / 32
-            lo, hi = coarse[occ].min(0).values - cell, coarse[occ].max(0).values + cell
-    size = hi - lo
-    return lo - margin * size, hi + margin * size
 
 
 class TriPlaneMethod(Method):
@@ -61,7 +41,11 @@ class TriPlaneMethod(Method):
         if state is not None:
             self.field = TriPlaneField.from_state(state["scene"], source=source).to(self.device)
         else:
-            lo, hi = object_box(self.data, self.mask, m.bounds_margin)
+            from recon.train.init import _has_masks
+            from recon.train.mesh import object_box
+
+            lo, hi = object_box(self.data, hull=not self.mask and _has_masks(self.train_images))
+            lo, hi = lo - m.bounds_margin * (hi - lo), hi + m.bounds_margin * (hi - lo)
             self.field = TriPlaneField(lo, hi, m.resolutions, m.channels, m.hidden, seed=self.cfg.seed,
                                        samples=m.samples).to(self.device)
         groups = self.field.param_groups()
