@@ -116,6 +116,14 @@ class ExportArgs(SourceArgs):
     hdr / exr write the learned environment light of a PBR run (equirectangular, linear)."""
     out: Path | None = None
     """Output file (default: RUN/exports/scene.<format>)."""
+    resolution: int = 512
+    """Fields (tri-plane, SDF) only: marching-cubes grid points per axis over the field's box."""
+    level: float | None = None
+    """Fields only: the iso-level (tri-plane: a density, default ln 2 over its sampling interval; SDF: 0)."""
+    min_component: float = 0.05
+    """Fields only: keep connected components with at least this fraction of the largest one's faces."""
+    texture_size: int = 0
+    """Fields only: bake the colors into a base-color texture of this size (xatlas); 0 keeps vertex colors."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,6 +547,24 @@ def _write_video(path: Path, frames: list, fps: int) -> None:
     print(f"recon render: wrote {path}")
 
 
+def _field_mesh(a: ExportArgs, field, run_dir: Path | None):
+    """The mesh export of a field run: marching cubes, cleaned with the run's training cameras when its dataset
+    is at hand (``--data`` for a field file)."""
+    from recon.export.field_mesh import FieldMeshOptions, field_to_mesh
+
+    if a.format not in ("obj", "ply", "glb"):
+        raise ValueError(f"a field exports as a mesh (obj, ply or glb), got --format {a.format}")
+    opts = FieldMeshOptions(a.resolution, a.level, a.min_component, a.texture_size)
+    cameras = None
+    if run_dir is not None or a.data is not None:
+        try:
+            _, data, _, _ = _load_source(a, need_data=True)
+            cameras = data.train.cameras
+        except (FileNotFoundError, ValueError) as err:
+            print(f"recon export: no training cameras ({str(err).splitlines()[0]}); unseen faces are kept")
+    return field_to_mesh(field, opts, cameras, source=str(a.run or a.scene))
+
+
 def cmd_export(args: list[str]) -> int:
     from recon.export.scenes import export_scene
 
@@ -550,9 +576,7 @@ def cmd_export(args: list[str]) -> int:
     from recon.scenes.triplane import TriPlaneField
 
     if isinstance(scene, TriPlaneField):
-        where = f" ({run_dir / 'exports' / 'field.pt'} holds the field itself)" if run_dir else ""
-        raise ValueError(f"a tri-plane field has no {a.format} export yet: meshes of fields need marching cubes, "
-                         f"which recon does not have yet{where}")
+        scene = _field_mesh(a, scene, run_dir)
     export_scene(scene.cpu(), a.format, out)
     print(f"recon export: wrote {out} ({describe_scene(scene)})")
     return 0

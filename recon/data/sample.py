@@ -34,6 +34,7 @@ __all__ = [
     "render_view",
     "sample_cameras",
     "default_primitives",
+    "scene_sdf",
     "Sphere",
     "Box",
     "Cylinder",
@@ -86,7 +87,14 @@ class _Primitive:
         """Linear albedo ``[P, 3]`` at world points and normals ``[P, 3]``."""
         return self.texture((p - np.asarray(self.center)) @ self.rotation, n @ self.rotation)
 
+    def sdf(self, p: np.ndarray) -> np.ndarray:
+        """Exact signed distance ``[P]`` of world points ``p [P, 3]`` to the solid (negative inside)."""
+        return self._sdf_local((p - np.asarray(self.center)) @ self.rotation)
+
     def _hit_local(self, o, d, t_min):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _sdf_local(self, p):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -105,6 +113,9 @@ class Sphere(_Primitive):
         t = np.where(disc >= 0.0, t, np.inf)
         p = o + d * np.where(np.isfinite(t), t, 0.0)[:, None]
         return t, p / self.radius
+
+    def _sdf_local(self, p):
+        return np.linalg.norm(p, axis=1) - self.radius
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,10 @@ class Box(_Primitive):
         sign = np.where(entering, -np.sign(d[np.arange(len(d)), axis]), np.sign(d[np.arange(len(d)), axis]))
         n[np.arange(len(d)), axis] = sign
         return t, n
+
+    def _sdf_local(self, p):
+        q = np.abs(p) - np.asarray(self.half_size)
+        return np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,10 @@ class Cylinder(_Primitive):
         n = np.where((k < 2)[:, None], np.stack([p[:, 0] / r, p[:, 1] / r, np.zeros(len(o))], 1),
                      np.stack([np.zeros(len(o)), np.zeros(len(o)), np.where(k == 2, 1.0, -1.0)], 1))
         return t, n
+
+    def _sdf_local(self, p):
+        q = np.stack([np.hypot(p[:, 0], p[:, 1]) - self.radius, np.abs(p[:, 2]) - self.half_height], 1)
+        return np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0)
 
 
 # ------------------------------------------------------------------------------------------------------- textures
@@ -217,6 +236,13 @@ def default_primitives() -> list[_Primitive]:
         Sphere(center=(0.35, 0.3, -0.13), radius=0.32, texture=_sphere_stripes),
         Cylinder(center=(0.3, -0.4, 0.0), radius=0.16, half_height=0.45, texture=_cylinder_rings),
     ]
+
+
+def scene_sdf(points: np.ndarray, primitives: list[_Primitive] | None = None) -> np.ndarray:
+    """Signed distance ``[P]`` of points ``[P, 3]`` to the union of the scene's solids (exact outside each solid;
+    the union's minimum is exact outside and a bound inside): the geometric ground truth of the sample scene."""
+    prims = default_primitives() if primitives is None else primitives
+    return np.min(np.stack([prim.sdf(np.asarray(points, dtype=np.float64)) for prim in prims]), axis=0)
 
 
 # -------------------------------------------------------------------------------------------------------- tracing
