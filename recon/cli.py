@@ -16,7 +16,7 @@ from recon.train.config import METHODS, load_config_file, validate
 
 USAGE = """usage: recon {train,eval,render,relight,export} ...
 
-  recon train [gaussians|gaussians-pbr|mesh|mesh-pbr|triplane] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon train [gaussians|gaussians-pbr|mesh|mesh-pbr|triplane|sdf] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
   recon eval RUN | --scene FILE --data DIR
   recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
   recon render --scene FILE.{ply,obj,glb} --data DIR [--split test] [--out DIR]
@@ -44,6 +44,9 @@ class SourceArgs:
     """Background for RGBA datasets."""
     backend: Literal["auto", "torch", "cpu", "gsplat", "nvdiffrast"] = "auto"
     """Rasterizer backend (gsplat: Gaussians on CUDA; nvdiffrast: meshes on CUDA)."""
+    field_method: Literal["volume", "sphere"] = "volume"
+    """How neural SDF runs are rendered: "volume" (NeuS volume rendering, as trained) or "sphere" (sphere tracing
+    of the zero set: exact surface hits and normals, opaque)."""
     gaussians_method: Literal["auto", "raster", "raycast"] = "auto"
     """How Gaussian scenes are rendered (settings.gaussians.method): "raster", or "raycast" (the Gaussian ray
     caster: any camera model, e.g. fisheye / OpenCV distortion kept with --distortion keep at training);
@@ -242,10 +245,11 @@ def describe_scene(scene) -> str:
         return f"{describe_scene(scene.geometry)}, a {w}x{h} environment light"
     if isinstance(scene, MeshScene):
         return f"{scene.vertices.shape[0]} vertices, {scene.faces.shape[0]} faces"
-    from recon.scenes.triplane import TriPlaneField
+    from recon.scenes.fields import is_field
 
-    if isinstance(scene, TriPlaneField):
-        return (f"a tri-plane field of {scene.num_params / 1e6:.1f} M parameters "
+    if is_field(scene):
+        what = "tri-plane field" if type(scene).__name__ == "TriPlaneField" else "neural SDF"
+        return (f"a {what} of {scene.num_params / 1e6:.1f} M parameters "
                 f"(planes {'/'.join(str(r) for r in scene.resolutions)})")
     return f"{len(scene)} Gaussians"
 
@@ -275,23 +279,19 @@ def load_run_scene(run_dir: Path):
             from recon.scenes.lit import LitScene
 
             return LitScene.from_state(state["scene"], source=str(ckpt))
-        if _state_kind(state["scene"]) == "triplane":
-            from recon.scenes.triplane import TriPlaneField
+        if _state_kind(state["scene"]) in ("triplane", "sdf"):
+            from recon.scenes.fields import field_from_state
 
-            return TriPlaneField.from_state(state["scene"], source=str(ckpt))
+            return field_from_state(state["scene"], source=str(ckpt))
         return GaussianScene.from_state(state["scene"], source=str(ckpt))
     for name in ("scene.ply", "mesh.glb"):
         if (run_dir / "exports" / name).is_file():
             return load_scene_file(run_dir / "exports" / name)
     field = run_dir / "exports" / "field.pt"
     if field.is_file():
-        from recon.scenes.triplane import TriPlaneField
+        from recon.scenes.fields import load_field_file
 
-        try:
-            state = torch.load(field, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt or not a tensor file: one line naming it
-            raise ValueError(f"{field}: not a recon field state ({type(err).__name__})") from err
-        return TriPlaneField.from_state(state, source=str(field))
+        return load_field_file(field)
     raise FileNotFoundError(f"{run_dir}: no checkpoint in checkpoints/ and no exports/scene.ply, mesh.glb or "
                             "field.pt")
 
@@ -331,8 +331,10 @@ def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "spli
     method = src.gaussians_method
     if method == "auto":
         method = getattr(cfg, "render_method", "raster") if cfg is not None else "raster"
+    from recon.renderers import FieldSettings
+
     return RenderSettings(background=background, backend=src.backend, shading=shading,
-                          gaussians=GaussianSettings(method=method))
+                          gaussians=GaussianSettings(method=method), fields=FieldSettings(method=src.field_method))
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -365,12 +367,12 @@ def cmd_eval(args: list[str]) -> int:
 
     from recon.scenes.lit import LitScene
 
-    from recon.scenes.triplane import TriPlaneField
+    from recon.scenes.fields import is_field
 
     geom = scene.geometry if isinstance(scene, LitScene) else scene
     if isinstance(geom, MeshScene):
         size = {"num_faces": geom.num_faces}
-    elif isinstance(geom, TriPlaneField):
+    elif is_field(geom):
         size = {"num_params": geom.num_params}
     else:
         size = {"num_gaussians": len(geom)}
@@ -573,9 +575,9 @@ def cmd_export(args: list[str]) -> int:
     out = a.out or ((run_dir / "exports" / f"scene.{a.format}") if run_dir else None)
     if out is None:
         raise ValueError("--out FILE is required when exporting a --scene file")
-    from recon.scenes.triplane import TriPlaneField
+    from recon.scenes.fields import is_field
 
-    if isinstance(scene, TriPlaneField):
+    if is_field(scene):
         scene = _field_mesh(a, scene, run_dir)
     export_scene(scene.cpu(), a.format, out)
     print(f"recon export: wrote {out} ({describe_scene(scene)})")

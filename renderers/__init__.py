@@ -5,6 +5,7 @@ fastest implementation available for the scene's device.
 """
 
 from recon.renderers.interface import (
+    FieldSettings,
     GaussianSettings,
     MeshSettings,
     RenderOutput,
@@ -14,4 +15,5 @@ from recon.renderers.interface import (
     render,
 )
 
-__all__ = ["GaussianSettings", "MeshSettings", "RenderOutput", "RenderSettings", "ShadingSettings", "register_renderer", "render"]
+__all__ = ["FieldSettings", "GaussianSettings", "MeshSettings", "RenderOutput", "RenderSettings", "ShadingSettings", "register_renderer",
+           "render"]

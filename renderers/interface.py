@@ -82,6 +82,15 @@ class ShadingSettings:
 
 
 @dataclass(frozen=True)
+class FieldSettings:
+    """Field-specific render settings (tri-plane fields, neural SDFs)."""
+
+    method: Literal["volume", "sphere"] = "volume"
+    """"volume": volume rendering (what training optimizes); "sphere": sphere tracing of an SDF's zero set
+    (exact surface hits and normals, opaque; SDFs only)."""
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     """How to render. Frozen: a new feature adds a field here, not a positional argument."""
 
@@ -95,6 +104,7 @@ class RenderSettings:
     gaussians: GaussianSettings = field(default_factory=GaussianSettings)
     mesh: MeshSettings = field(default_factory=MeshSettings)
     shading: ShadingSettings = field(default_factory=ShadingSettings)
+    fields: FieldSettings = field(default_factory=FieldSettings)
 
 
 @dataclass
@@ -144,6 +154,7 @@ def render(scene, cameras: Cameras, settings: RenderSettings | None = None) -> R
     import recon.renderers.lit  # noqa: F401
     import recon.renderers.mesh  # noqa: F401
     import recon.renderers.volume.field  # noqa: F401
+    import recon.renderers.volume.sdf  # noqa: F401
 
     for klass in type(scene).__mro__:
         if klass in _REGISTRY:

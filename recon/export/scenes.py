@@ -80,18 +80,23 @@ def export_scene(scene, fmt: str, path: Path) -> Path:
 
 def load_scene_file(path: Path):
     """Load a scene file: a 3DGS PLY (``.ply`` with Gaussian properties) as a GaussianScene; ``.obj`` / ``.glb`` /
-    ``.gltf``, or a ``.ply`` with faces and without ``f_dc_0``, as a MeshScene."""
+    ``.gltf``, or a ``.ply`` with faces and without ``f_dc_0``, as a MeshScene; a field's ``.pt`` (``exports/
+    field.pt`` of a tri-plane or SDF run) as that field."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scene file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix == ".pt":
+        from recon.scenes.fields import load_field_file
+
+        return load_field_file(path)
     if suffix in (".obj", ".glb", ".gltf") or (suffix == ".ply" and _ply_is_mesh(path)):
         from recon.export.mesh_io import load_mesh
 
         return load_mesh(path)
     if suffix != ".ply":
-        raise ValueError(f"{path}: unsupported scene file type {path.suffix!r}; expected a 3DGS .ply or a mesh "
-                         ".obj / .ply / .glb / .gltf")
+        raise ValueError(f"{path}: unsupported scene file type {path.suffix!r}; expected a 3DGS .ply, a mesh "
+                         ".obj / .ply / .glb / .gltf or a field .pt")
     return scene_from_ply(read_gaussian_ply(path))
 
 

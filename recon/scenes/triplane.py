@@ -134,21 +134,9 @@ class TriPlaneField(nn.Module):
     @classmethod
     def from_state(cls, state: dict, source: str = "<state>") -> TriPlaneField:
         """Inverse of :meth:`to_state`. Raises ``ValueError`` naming ``source`` for anything else."""
-        try:
-            header = json.loads(state["header"])
-            tensors = state["tensors"]
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{source}: not a recon tri-plane field state ({type(err).__name__}: {err})") from err
-        if header.get("kind") != KIND:
-            raise ValueError(f"{source}: scene kind is {header.get('kind')!r}, expected {KIND!r}")
-        try:
-            field = cls(tensors["lo"], tensors["hi"], tuple(header["resolutions"]), header["channels"],
-                        header["hidden"], samples=header.get("samples", 64))
-            field.load_state_dict(tensors)
-        except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise ValueError(f"{source}: invalid tri-plane field state: {str(err).splitlines()[0]}") from err
-        for name, t in tensors.items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{source}: tri-plane field tensor {name!r} contains NaN or Inf")
-        return field
+        from recon.scenes.fields import read_state, restore
 
+        header, tensors = read_state(state, source, KIND, "tri-plane field")
+        return restore(lambda: cls(tensors["lo"], tensors["hi"], tuple(header["resolutions"]), header["channels"],
+                                   header["hidden"], samples=header.get("samples", 64)),
+                       tensors, source, "tri-plane field")

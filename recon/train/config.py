@@ -431,9 +431,55 @@ class TriPlaneTrainConfig(TrainConfigBase):
     optim: TriPlaneOptimConfig = field(default_factory=TriPlaneOptimConfig)
 
 
+@dataclass
+class SDFModelConfig:
+    """The neural SDF (recon/scenes/sdf.py)."""
+
+    resolutions: tuple[int, ...] = (32, 64, 128)
+    """Plane edge (texels) of each level of the tri-plane encoding."""
+    channels: int = 8
+    """Features per plane and level."""
+    hidden: int = 64
+    """Width of the SDF and color MLPs."""
+    samples: int = 64
+    """Samples per ray across the field's box (equal intervals)."""
+    bounds_margin: float = 0.1
+    """Margin added on every side of the object's box (a fraction of its size)."""
+    init_radius: float = 0.5
+    """Radius of the initial sphere, as a fraction of the box's half extent."""
+
+
+@dataclass
+class SDFOptimConfig:
+    """Adam on the planes and the MLPs (with NeuS's inverse deviation), linear warm-up then cosine decay."""
+
+    rays_per_step: int = 1024
+    """Rays per step, drawn from 8 random training views."""
+    lr_planes: float = 0.01
+    lr_mlp: float = 0.002
+    lambda_eikonal: float = 0.1
+    """Weight of the eikonal loss (|grad f| - 1)^2 at the ray samples."""
+    lambda_mask: float = 0.1
+    """Weight of the BCE between opacity and the images' coverage alpha (datasets with coverage alpha)."""
+    anneal_fraction: float = 0.1
+    """Fraction of the steps over which NeuS's cosine is annealed to the exact |cos|."""
+
+
+@dataclass
+class SDFTrainConfig(TrainConfigBase):
+    """Train a neural SDF (NeuS volume rendering) from posed images."""
+
+    max_steps: int = 3000
+    """Number of optimization steps."""
+    backend: Literal["auto", "torch", "cpu"] = "auto"
+    """Volume compositing backend."""
+    model: SDFModelConfig = field(default_factory=SDFModelConfig)
+    optim: SDFOptimConfig = field(default_factory=SDFOptimConfig)
+
+
 METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig, "mesh": MeshTrainConfig,
                             "mesh-pbr": MeshPBRTrainConfig, "gaussians-pbr": GaussianPBRTrainConfig,
-                            "triplane": TriPlaneTrainConfig}
+                            "triplane": TriPlaneTrainConfig, "sdf": SDFTrainConfig}
 
 # (field path, predicate, what is expected)
 _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
@@ -473,6 +519,10 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.lr_planes", lambda v: v > 0, "a positive number"),
     ("optim.lr_mlp", lambda v: v > 0, "a positive number"),
     ("optim.lambda_tv", lambda v: v >= 0, "a number >= 0"),
+    ("model.init_radius", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("optim.lambda_eikonal", lambda v: v >= 0, "a number >= 0"),
+    ("optim.lambda_mask", lambda v: v >= 0, "a number >= 0"),
+    ("optim.anneal_fraction", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("pbr.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
     ("pbr.init_light", lambda v: v > 0, "a number > 0"),
     ("pbr.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),

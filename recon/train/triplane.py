@@ -36,18 +36,24 @@ class TriPlaneMethod(Method):
     def render_settings(self) -> RenderSettings:
         return RenderSettings(backend=self.cfg.backend)
 
+    field_class = TriPlaneField
+
+    def new_field(self, lo: torch.Tensor, hi: torch.Tensor):
+        """A fresh field over the box ``[lo, hi]`` from the run's model config."""
+        m = self.cfg.model
+        return TriPlaneField(lo, hi, m.resolutions, m.channels, m.hidden, seed=self.cfg.seed, samples=m.samples)
+
     def setup(self, state: dict | None, source: str) -> None:
         m = self.cfg.model
         if state is not None:
-            self.field = TriPlaneField.from_state(state["scene"], source=source).to(self.device)
+            self.field = self.field_class.from_state(state["scene"], source=source).to(self.device)
         else:
             from recon.train.init import _has_masks
             from recon.train.mesh import object_box
 
             lo, hi = object_box(self.data, hull=not self.mask and _has_masks(self.train_images))
             lo, hi = lo - m.bounds_margin * (hi - lo), hi + m.bounds_margin * (hi - lo)
-            self.field = TriPlaneField(lo, hi, m.resolutions, m.channels, m.hidden, seed=self.cfg.seed,
-                                       samples=m.samples).to(self.device)
+            self.field = self.new_field(lo, hi).to(self.device)
         groups = self.field.param_groups()
         o = self.cfg.optim
         self.optimizer = torch.optim.Adam([{"params": groups["planes"], "lr": o.lr_planes, "name": "planes"},

@@ -1,0 +1,83 @@
+"""``recon train sdf``: a neural SDF (:class:`recon.scenes.sdf.NeuralSDF`) fitted to posed images by NeuS volume
+rendering (:mod:`recon.renderers.volume.sdf`).
+
+Each step draws ``optim.rays_per_step`` rays from 8 training views (the tri-plane trainer's batches) and
+minimizes
+
+    L1(rgb) + lambda_eikonal * mean_samples (|grad f| - 1)^2 + lambda_mask * BCE(opacity, alpha)
+
+the mask term only where the images' alpha is coverage (synthetic RGBA sets). The NeuS cosine is annealed over
+the first ``optim.anneal_fraction`` of the steps; learning rates warm up linearly over the first 2 % of the steps
+and then follow a cosine to 5 % (NeuS). The box is the tri-plane trainer's (visual hull, else the cameras' look-at
+cube) with a wider margin, so that the zero set never touches it. ``exports/field.pt`` holds the field;
+``recon export RUN --format glb`` extracts its mesh.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from recon.renderers.volume.sdf import render_sdf_rays
+from recon.scenes.sdf import NeuralSDF
+from recon.train.triplane import TriPlaneMethod
+
+__all__ = ["SDFMethod"]
+
+
+class SDFMethod(TriPlaneMethod):
+    """The neural SDF, its Adam optimizer and the NeuS step (module docstring). Batches, checkpoints and the
+    field export are the tri-plane trainer's."""
+
+    name = "sdf"
+
+    field_class = NeuralSDF
+
+    def new_field(self, lo: torch.Tensor, hi: torch.Tensor) -> NeuralSDF:
+        m = self.cfg.model
+        return NeuralSDF(lo, hi, m.resolutions, m.channels, m.hidden, seed=self.cfg.seed, samples=m.samples,
+                         init_radius=m.init_radius)
+
+    def _lr_factor(self) -> float:
+        steps = self.cfg.max_steps
+        warm = max(1, int(0.02 * steps))
+        s = min(self.step_index, steps)
+        if s < warm:
+            return (s + 1) / warm
+        progress = (s - warm) / max(1, steps - warm)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def step(self) -> dict:
+        cfg, o = self.cfg, self.cfg.optim
+        factor = self._lr_factor()
+        for group in self.optimizer.param_groups:
+            group["lr"] = (o.lr_planes if group["name"] == "planes" else o.lr_mlp) * factor
+        origins, dirs, target = self._batch()
+        anneal = min(1.0, self.step_index / max(1.0, o.anneal_fraction * cfg.max_steps))
+        out = render_sdf_rays(self.field, origins, dirs, generator=self.generator, anneal=anneal, train=True,
+                              backend=cfg.backend)
+        R = len(origins)
+        bg = torch.rand(R, 3, generator=self.generator).to(self.device) if cfg.random_background \
+            else self.eval_background.expand(R, 3)
+        rgb, a = target[:, :3], (target[:, 3:] if target.shape[-1] == 4 else torch.ones_like(target[:, :1]))
+        gt = rgb * a + bg * (1 - a)
+        valid = (a >= 0.5).float() if self.mask else torch.ones_like(a)
+        pred = out["rgb"] + (1 - out["opacity"]) * bg
+        l1 = ((pred - gt).abs() * valid).sum() / (3 * valid.sum().clamp_min(1))
+        eikonal = (out["gradient"].norm(dim=-1) - 1).square().mean() if len(out["gradient"]) else pred.new_zeros(())
+        loss = l1 + o.lambda_eikonal * eikonal
+        if not self.mask and target.shape[-1] == 4 and o.lambda_mask > 0:
+            opacity = out["opacity"].clamp(1e-3, 1 - 1e-3)
+            loss = loss + o.lambda_mask * F.binary_cross_entropy(opacity, a)
+        self.check_loss(loss)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.step_index % 50 == 0:
+            self.check_finite()
+        with torch.no_grad():
+            mse = ((pred - gt).square() * valid).sum() / (3 * valid.sum().clamp_min(1))
+        return {"loss": loss.item(), "psnr": float(-10 * math.log10(max(mse.item(), 1e-10))),
+                "eikonal": float(eikonal.detach()), "inv_s": float(self.field.inv_s().detach())}

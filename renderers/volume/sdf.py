@@ -1,0 +1,96 @@
+"""Volume rendering of neural SDFs with the NeuS alpha (:class:`recon.scenes.sdf.NeuralSDF`).
+
+Rays are cut into the field's equal intervals across its box (:func:`~recon.renderers.volume.field.box_samples`).
+At each interval's evaluation point the SDF ``f`` and its gradient are taken; the SDF at the interval's ends is
+estimated along the ray as ``f -/+ cos * dt / 2`` with ``cos`` the cosine between the ray and the gradient, and the
+interval's opacity is NeuS's discrete alpha
+
+    alpha = clip((Phi_s(f_start) - Phi_s(f_end)) / Phi_s(f_start), 0, 1),   Phi_s(f) = sigmoid(inv_s * f)
+
+(unbiased at the zero crossing, occlusion-aware). Early in training ``cos`` is annealed from ``-(1 - cos) / 2``
+to ``-|cos|`` (NeuS's ``cos_anneal_ratio``) so that the back-facing half of the field still receives gradients.
+The alphas and colors are composited by :func:`recon.renderers.volume.composite` (``mode="alpha"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from recon.cameras import Cameras
+from recon.renderers.interface import RenderOutput, RenderSettings, register_renderer
+from recon.renderers.volume.composite import composite
+from recon.renderers.volume.field import box_samples, ray_box, render_image
+from recon.renderers.volume.sphere_trace import sphere_trace
+from recon.scenes.sdf import NeuralSDF
+
+__all__ = ["neus_alpha", "render_sdf", "render_sdf_rays", "sphere_trace_sdf_rays"]
+
+
+def neus_alpha(sdf: Tensor, cos: Tensor, dt: Tensor, inv_s: Tensor, anneal: float = 1.0) -> Tensor:
+    """NeuS's discrete opacity of intervals ``[S]`` of length ``dt`` whose midpoint SDF is ``sdf`` and whose ray
+    makes cosine ``cos`` with the SDF's gradient; ``anneal`` in [0, 1] (1: the exact ``-|cos|``)."""
+    iter_cos = -(torch.relu(-cos * 0.5 + 0.5) * (1.0 - anneal) + torch.relu(-cos) * anneal)
+    start = sdf - iter_cos * dt * 0.5
+    end = sdf + iter_cos * dt * 0.5
+    cdf_start, cdf_end = torch.sigmoid(start * inv_s), torch.sigmoid(end * inv_s)
+    return ((cdf_start - cdf_end + 1e-5) / (cdf_start + 1e-5)).clamp(0.0, 1.0)
+
+
+def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generator: torch.Generator | None = None,
+                    anneal: float = 1.0, train: bool = False, backend: str = "auto") -> dict:
+    """Render ``R`` rays (unit ``dirs``): ``rgb [R, 3]`` (no background), ``opacity [R, 1]``, ``depth [R, 1]``
+    (expected distance, 0 on a miss), ``normal [R, 3]`` (the composited unit gradients), and the samples'
+    ``gradient [S, 3]`` and ``weights [S]`` (for the eikonal loss). ``train``: keep the graph through the
+    gradient (second derivatives for the eikonal loss)."""
+    R = len(origins)
+    idx, t0, t1, t, offsets = box_samples(origins, dirs, field.lo, field.hi, field.samples, generator)
+    if len(idx) == 0:
+        zero = origins.new_zeros(R, 1)
+        return {"rgb": origins.new_zeros(R, 3), "opacity": zero, "depth": zero, "normal": origins.new_zeros(R, 3),
+                "gradient": origins.new_zeros(0, 3), "weights": origins.new_zeros(0)}
+    n, k = t.shape
+    d = dirs[idx, None].expand(-1, k, -1).reshape(-1, 3)
+    x = (origins[idx, None] + dirs[idx, None] * t[..., None]).reshape(-1, 3)
+    sdf, grad, geo = field.sdf_gradient(x, create_graph=train)
+    if not train:
+        sdf, grad, geo = sdf.detach(), grad.detach(), geo.detach()
+    normal = torch.nn.functional.normalize(grad, dim=-1)
+    alpha = neus_alpha(sdf, (d * grad).sum(-1), (t1 - t0).reshape(-1), field.inv_s(), anneal)
+    rgb = field.radiance(geo, normal, d)
+    out = composite(alpha.contiguous(), torch.cat([rgb, normal], -1).contiguous(), t0.reshape(-1).contiguous(),
+                    t1.reshape(-1).contiguous(), offsets, mode="alpha", backend=backend)
+    depth = out.depth / out.opacity.clamp_min(1e-6) * (out.opacity > 0)
+    return {"rgb": out.rgb[:, :3], "opacity": out.opacity, "depth": depth,
+            "normal": torch.nn.functional.normalize(out.rgb[:, 3:], dim=-1), "gradient": grad,
+            "weights": out.weights}
+
+
+@torch.no_grad()
+def sphere_trace_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor) -> dict:
+    """Render ``R`` rays by sphere tracing the zero set inside the field's box: ``rgb [R, 3]`` (the color at the
+    hit, 0 on a miss), ``opacity [R, 1]`` (1 on a hit), ``depth [R, 1]`` (distance to the hit, 0 on a miss),
+    ``normal [R, 3]`` (the SDF's unit gradient at the hit)."""
+    R = len(origins)
+    t_near, t_far = ray_box(origins, dirs, field.lo, field.hi)
+    scale = float(field.half_extent)
+    t, hit = sphere_trace(field.sdf, origins, dirs, t_near, t_far, eps=1e-5 * scale, min_step=1e-4 * scale)
+    rgb, normal = origins.new_zeros(R, 3), origins.new_zeros(R, 3)
+    idx = hit.nonzero()[:, 0]
+    if len(idx):
+        _, grad, geo = field.sdf_gradient(origins[idx] + dirs[idx] * t[idx, None])
+        normal[idx] = torch.nn.functional.normalize(grad, dim=-1)
+        rgb[idx] = field.radiance(geo, normal[idx], dirs[idx])
+    opacity = hit.to(origins.dtype)[:, None]
+    return {"rgb": rgb, "opacity": opacity, "depth": torch.where(hit, t, 0)[:, None], "normal": normal}
+
+
+@register_renderer(NeuralSDF)
+def render_sdf(field: NeuralSDF, cameras: Cameras, settings: RenderSettings) -> RenderOutput:
+    """Every pixel of every camera by NeuS volume rendering, or by sphere tracing with
+    ``settings.fields.method == "sphere"``; depth as camera-space z, world normals."""
+    if settings.fields.method == "sphere":
+        return render_image(lambda o, d, backend: sphere_trace_sdf_rays(field, o, d), cameras, settings,
+                            field.lo.device)
+    return render_image(lambda o, d, backend: render_sdf_rays(field, o, d, backend=backend), cameras, settings,
+                        field.lo.device)

@@ -1,0 +1,139 @@
+"""Neural SDFs: the NeuS alpha's closed form, sphere tracing of analytic SDFs, the scene's initialization and
+states, and `recon train sdf` end to end on the sample scene."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recon.cli import main
+from recon.data.sample import ensure_sample_scene, scene_sdf
+from recon.renderers.volume import composite
+from recon.renderers.volume.sdf import neus_alpha
+from recon.renderers.volume.sphere_trace import sphere_trace
+from recon.scenes.sdf import NeuralSDF
+
+
+@pytest.mark.parametrize("inv_s", [20.0, 200.0])
+def test_neus_alpha_telescopes_and_is_unbiased_on_a_plane(inv_s):
+    """Along a ray into a plane (f(t) = t0 - t), the intervals' (1 - alpha) telescope to
+    Phi(f(end)) / Phi(f(start)); the weights peak at the crossing and their mean sits on it."""
+    t0, S = 1.3, 400
+    edges = torch.linspace(0.0, 3.0, S + 1, dtype=torch.float64)
+    a, b = edges[:-1], edges[1:]
+    mid = (a + b) / 2
+    alpha = neus_alpha(t0 - mid, torch.full_like(mid, -1.0), b - a, torch.tensor(inv_s, dtype=torch.float64))
+    out = composite(alpha, torch.ones(S, 1, dtype=torch.float64), a, b, torch.tensor([0, S]), mode="alpha",
+                    backend="torch", t_eps=0.0)
+    phi = torch.sigmoid
+    expected_transmittance = phi(torch.tensor(inv_s * (t0 - 3.0))) / phi(torch.tensor(inv_s * t0))
+    # Each alpha carries +1e-5 / (Phi + 1e-5) of NeuS's guard: 400 intervals move the product by < 1e-3.
+    assert abs((1 - out.opacity.item()) - expected_transmittance.item()) < 1e-3
+    depth = out.depth.item() / out.opacity.item()
+    assert abs(depth - t0) < 0.01
+    assert abs(float(mid[out.weights.argmax()]) - t0) < 3.0 / S
+
+
+def _rays(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    o = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    o = o / o.norm(dim=-1, keepdim=True) * 3
+    d = torch.nn.functional.normalize(-o + 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64), dim=-1)
+    return o, d
+
+
+def test_sphere_tracing_hits_analytic_surfaces_within_1e4():
+    o, d = _rays(4000)
+    c = torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64)
+
+    def sphere(x):
+        return (x - c).norm(dim=-1) - 0.8
+
+    t, hit = sphere_trace(sphere, o, d, torch.zeros(len(o), dtype=torch.float64), torch.full((len(o),), 10.0,
+                                                                                             dtype=torch.float64))
+    oc = o - c
+    b = (oc * d).sum(-1)
+    disc = b * b - ((oc * oc).sum(-1) - 0.64)
+    t_true = -b - disc.clamp_min(0).sqrt()
+    assert bool((hit <= (disc > 0)).all())  # no hit where the ray misses
+    assert int(hit.sum()) >= int((disc > 1e-3).sum())  # every clear hit found
+    assert float(sphere(o[hit] + d[hit] * t[hit, None]).abs().max()) < 1e-4
+    cos = (disc.clamp_min(0).sqrt() / 0.8)[hit]  # |cos| between the ray and the normal at the hit
+    assert float((t[hit] - t_true[hit])[cos > 0.2].abs().max()) < 1e-4
+
+    def torus(x):  # float32, not a sphere: the marching must stop at the first of several roots
+        q = torch.stack([(x[:, 0] ** 2 + x[:, 1] ** 2).sqrt() - 0.6, x[:, 2]], -1)
+        return q.norm(dim=-1) - 0.25
+
+    o32, d32 = o.float(), d.float()
+    t, hit = sphere_trace(torus, o32, d32, torch.zeros(len(o)), torch.full((len(o),), 10.0))
+    assert int(hit.sum()) > 1000
+    assert float(torus(o32[hit] + d32[hit] * t[hit, None]).abs().max()) < 1e-4
+    # The first root: nothing of the torus lies before the hit (dense check along each ray).
+    s = torch.linspace(0, 1, 200)[None, :, None] * t[hit, None, None]
+    before = torus((o32[hit, None] + d32[hit, None] * s).reshape(-1, 3)).reshape(-1, 200)[:, :-2]
+    assert float(before.min()) > -1e-3
+
+
+def test_neural_sdf_starts_as_an_exact_sphere_and_round_trips():
+    field = NeuralSDF(torch.tensor([-1.0, -2.0, -1.0]), torch.tensor([1.0, 2.0, 1.0]), resolutions=(8, 16),
+                      channels=2, hidden=16, init_radius=0.5)
+    x = torch.randn(500, 3)
+    torch.testing.assert_close(field.sdf(x), x.norm(dim=-1) - 1.0)  # half extent 2: radius 1 in the world
+    _, grad, _ = field.sdf_gradient(x)
+    torch.testing.assert_close(grad.norm(dim=-1), torch.ones(500))
+    with torch.no_grad():
+        for p in field.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    again = NeuralSDF.from_state(field.to_state())
+    torch.testing.assert_close(again.sdf(x), field.sdf(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="scene kind is 'triplane', expected 'sdf'"):
+        NeuralSDF.from_state({"header": json.dumps({"kind": "triplane"}), "tensors": {}}, source="s.pt")
+    bad = field.to_state()
+    bad["tensors"]["variance"] = torch.tensor(float("nan"))
+    with pytest.raises(ValueError, match="s.pt: neural SDF tensor 'variance' contains NaN"):
+        NeuralSDF.from_state(bad, source="s.pt")
+    with pytest.raises(ValueError, match=r"init_radius must be in \(0, 1\)"):
+        NeuralSDF(-torch.ones(3), torch.ones(3), init_radius=1.5)
+
+
+def test_train_sdf_end_to_end(tmp_path):
+    """`recon train sdf` on the sample scene: it learns (test PSNR), and its mesh lies on the scene's surface;
+    sphere tracing renders the same surface."""
+    run = tmp_path / "sdf"
+    assert main(["train", "sdf", "--data", str(ensure_sample_scene()), "--output", str(run), "--max-steps", "300",
+                 "--downscale", "2", "--no-progress", "--eval-every", "0"]) == 0
+    volume = json.loads((run / "eval.json").read_text())["psnr"]
+    assert volume > 20.0, volume  # measured 21.6
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["eikonal"] < 0.1 and lines[-1]["inv_s"] > lines[0]["inv_s"]
+    mesh_path = tmp_path / "m.ply"
+    assert main(["export", str(run), "--format", "ply", "--out", str(mesh_path), "--resolution", "128"]) == 0
+    from recon.export.mesh_io import load_mesh
+
+    dist = np.abs(scene_sdf(load_mesh(mesh_path).vertices.detach().numpy()))
+    assert np.median(dist) < 0.04, np.median(dist)  # measured 0.025
+    assert main(["eval", str(run), "--field-method", "sphere", "--out", str(tmp_path / "s.json")]) == 0
+    sphere = json.loads((tmp_path / "s.json").read_text())["psnr"]
+    assert sphere > 18.0, sphere  # measured 20.2: opaque hits of a 300-step surface
+    out = tmp_path / "renders"
+    assert main(["render", str(run), "--split", "test", "--out", str(out), "--field-method", "sphere",
+                 "--channels", "rgb,alpha,depth,normal"]) == 0
+    length = np.linalg.norm(np.load(out / "r_0_normal.npy"), axis=-1)  # 0 on the background
+    assert (length > 0).mean() > 0.2 and np.allclose(length[length > 0], 1, atol=1e-3)
+
+
+def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
+    from _resume import straight_and_resumed
+
+    from recon.train.config import SDFTrainConfig
+
+    cfg = SDFTrainConfig(data=ensure_sample_scene(), downscale=4, max_steps=16, checkpoint_every=1000,
+                         progress=False)
+    cfg.model.resolutions, cfg.model.samples, cfg.optim.rays_per_step = (8, 16), 16, 128
+    straight, resumed = straight_and_resumed(cfg, tmp_path, cut=8)
+    for (name, p), q in zip(straight.scene.named_parameters(), resumed.scene.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
