@@ -1,12 +1,13 @@
 """Quality benchmark: train presets, record test PSNR against training time, peak memory; JSON + plot.
 
-    python bench/train.py --out bench/results/train.json [--method gaussians|mesh|triplane] [--scenes sample,bob_field,fox]
+    python bench/train.py --out bench/results/train.json [--method gaussians|mesh|triplane|sdf] [--scenes sample,bob_field,fox]
         [--eval-every 500]
 
 Each scene runs `recon train --config configs/<method>-<scene>.yaml` in its own process (peak RSS is that
 process's maximum resident set, from wait4). The preset's data path is resolved against RECON_TEST_DATA for the
 shared datasets. Extra `recon train` options after `--` are passed to every run (e.g. `-- --max-steps 500`).
-Mesh runs also report the chamfer-L1 of the reconstructed mesh to the dataset's ground-truth `mesh.ply` (100k
+Mesh and SDF runs also report the chamfer-L1 of the reconstructed mesh (an SDF's: `recon export RUN --format ply
+--resolution 512`, timed apart from training) to the dataset's ground-truth `mesh.ply` (100k
 samples per surface, mean of both directions, both meshes scaled so that the ground truth's bounding sphere about
 the origin has radius 1).
 """
@@ -27,19 +28,22 @@ SHARED = {"bob_field": "synthetic/bob_field", "armadillo_field": "synthetic/arma
 # Acceptance targets from the issues: (min test PSNR dB, max wall seconds, max peak RSS MB or None)
 TARGETS = {("gaussians", "sample"): (25.0, 300, None), ("gaussians", "bob_field"): (33.0, 600, 4096),
            ("gaussians", "fox"): (25.0, 900, None), ("mesh", "armadillo_field"): (30.0, 1200, None),
-           ("triplane", "bob_field"): (31.0, 1800, 4096), ("triplane", "armadillo_field"): (31.0, 1800, 4096)}
-MAX_CHAMFER = {"armadillo_field": 0.01}
+           ("triplane", "bob_field"): (31.0, 1800, 4096), ("triplane", "armadillo_field"): (31.0, 1800, 4096),
+           ("sdf", "bob_field"): (30.0, 1800, 4096), ("sdf", "armadillo_field"): (30.0, 1800, 4096)}
+MAX_CHAMFER = {("mesh", "armadillo_field"): 0.01, ("sdf", "armadillo_field"): 0.006, ("sdf", "bob_field"): 0.008}
+FIELD_MESH_RESOLUTION = 512
 
 
-def mesh_chamfer(run_dir: Path, gt_path: Path) -> dict:
-    """Chamfer-L1 of a mesh run's final mesh to the ground truth (see the module docstring)."""
+def mesh_chamfer(run_dir: Path, gt_path: Path, mesh_path: Path | None = None) -> dict:
+    """Chamfer-L1 of a mesh run's final mesh (or of ``mesh_path``) to the ground truth (module docstring)."""
     import torch
     import trimesh
 
     from recon.cli import load_run_scene
+    from recon.export.mesh_io import load_mesh
     from recon.metrics import chamfer_l1
 
-    scene = load_run_scene(run_dir)
+    scene = load_run_scene(run_dir) if mesh_path is None else load_mesh(mesh_path)
     scene = getattr(scene, "geometry", scene)  # a PBR run's LitScene: its mesh
     gt = trimesh.load(gt_path, process=False, force="mesh")
     gt_v = torch.as_tensor(gt.vertices, dtype=torch.float64)
@@ -82,11 +86,20 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
               "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": " ".join(cmd), "curve": curve}
     ok_chamfer = True
-    if method == "mesh" and scene in SHARED and (data_root / SHARED[scene] / "mesh.ply").is_file():
-        result["chamfer"] = mesh_chamfer(run_dir, data_root / SHARED[scene] / "mesh.ply")
-        if scene in MAX_CHAMFER:
-            result["max_chamfer"] = MAX_CHAMFER[scene]
-            ok_chamfer = result["chamfer"]["chamfer"] <= MAX_CHAMFER[scene]
+    if method in ("mesh", "sdf") and scene in SHARED and (data_root / SHARED[scene] / "mesh.ply").is_file():
+        mesh_path = None
+        if method == "sdf":  # the field's mesh: recon export (marching cubes, cleaned with the training cameras)
+            mesh_path = run_dir / "exports" / "mesh.ply"
+            export = [sys.executable, "-m", "recon.cli", "export", str(run_dir), "--format", "ply", "--out",
+                      str(mesh_path), "--resolution", str(FIELD_MESH_RESOLUTION)]
+            t0 = time.time()
+            subprocess.run(export, cwd=REPO, check=True)
+            result["export_seconds"] = round(time.time() - t0, 1)
+            result["export_command"] = " ".join(export)
+        result["chamfer"] = mesh_chamfer(run_dir, data_root / SHARED[scene] / "mesh.ply", mesh_path)
+        if (method, scene) in MAX_CHAMFER:
+            result["max_chamfer"] = MAX_CHAMFER[(method, scene)]
+            ok_chamfer = result["chamfer"]["chamfer"] <= MAX_CHAMFER[(method, scene)]
     if (method, scene) in TARGETS:
         min_psnr, max_s, max_mb = TARGETS[(method, scene)]
         result["target"] = {"min_psnr": min_psnr, "max_wall_seconds": max_s, "max_peak_rss_mb": max_mb}
@@ -134,7 +147,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--method", choices=("gaussians", "mesh", "triplane"), default="gaussians")
+    parser.add_argument("--method", choices=("gaussians", "mesh", "triplane", "sdf"), default="gaussians")
     parser.add_argument("--scenes", default=None, help="default: sample,bob_field,fox (gaussians), "
                         "armadillo_field,bob_field (mesh)")
     parser.add_argument("--eval-every", type=int, default=1000)
@@ -142,7 +155,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     out_root = args.runs or args.out.parent / "runs"
-    scenes = args.scenes or ("armadillo_field,bob_field" if args.method in ("mesh", "triplane")
+    scenes = args.scenes or ("armadillo_field,bob_field" if args.method in ("mesh", "triplane", "sdf")
                              else "sample,bob_field,fox")
     results = [run_scene(args.method, s, out_root, args.eval_every, extra) for s in scenes.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)

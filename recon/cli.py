@@ -17,6 +17,7 @@ from recon.train.config import METHODS, load_config_file, validate
 USAGE = """usage: recon {train,eval,render,relight,export} ...
 
   recon train [gaussians|gaussians-pbr|mesh|mesh-pbr|triplane|sdf] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon train mesh --init-from FIELD_RUN [options]     (refine the surface of a triplane / sdf run)
   recon eval RUN | --scene FILE --data DIR
   recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
   recon render --scene FILE.{ply,obj,glb} --data DIR [--split test] [--out DIR]
@@ -176,6 +177,7 @@ def cmd_train(args: list[str]) -> int:
         method = args.pop(0)
     config_file = _pop_option(args, "--config")
     resume = _pop_option(args, "--resume")
+    init_from = _pop_option(args, "--init-from")
     default = METHODS[method]()
     if resume is not None and config_file is not None:
         raise ValueError("--resume RUN continues a run with its own config.yaml; it cannot be combined with --config")
@@ -195,12 +197,39 @@ def cmd_train(args: list[str]) -> int:
     # Store an absolute dataset path so that eval/render/resume work from any directory.
     cfg = replace(cfg, data=resolve_data_path(cfg.data).resolve())
     run_dir = cfg.output or default_run_dir(method, cfg.data)
+    if init_from is not None:
+        cfg = _init_from_field(cfg, method, Path(init_from), Path(run_dir), resume is not None)
     trainer = Trainer(cfg, run_dir, resume=resume is not None)
     summary = trainer.train()
     print(f"recon: {run_dir}: test PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}, "
           f"{describe_scene(trainer.scene)}, {summary['train_seconds']:.0f} s training")
     print(f"recon: exported {summary['export']}")
     return 0
+
+
+def _init_from_field(cfg, method: str, field_run: Path, run_dir: Path, resume: bool):
+    """``recon train mesh --init-from RUN``: the field run's surface (marching cubes at 256^3, cleaned with its
+    training cameras) written to ``run_dir/init/field_mesh.ply`` becomes ``model.init_mesh`` (no iso-surface
+    stage)."""
+    from recon.export.field_mesh import FieldMeshOptions, field_to_mesh
+    from recon.export.mesh_io import save_mesh
+    from recon.scenes.fields import is_field
+
+    if method != "mesh":
+        raise ValueError(f"--init-from RUN starts `recon train mesh` from a field run's surface, not {method}")
+    if resume:
+        raise ValueError("--init-from cannot be combined with --resume (the run already has its initial mesh)")
+    field = load_run_scene(field_run)
+    if not is_field(field):
+        raise ValueError(f"--init-from {field_run}: not a tri-plane or SDF run ({describe_scene(field)})")
+    _, data, _, _ = _load_source(SourceArgs(run=field_run), need_data=True)
+    mesh = field_to_mesh(field, FieldMeshOptions(resolution=256), data.train.cameras, source=str(field_run))
+    (run_dir / "init").mkdir(parents=True, exist_ok=True)
+    path = save_mesh(mesh, run_dir / "init" / "field_mesh.ply", "ply")
+    print(f"recon train: initial mesh from {field_run}: {path} ({describe_scene(mesh)})")
+    cfg = replace(cfg, model=replace(cfg.model, init_mesh=str(path)), optim=replace(cfg.optim, geometry_steps=0))
+    validate(cfg)
+    return cfg
 
 
 def _load_source(src: SourceArgs, need_data: bool):
