@@ -151,3 +151,29 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     straight, resumed = straight_and_resumed(cfg, tmp_path, cut=8)
     for (name, p), q in zip(straight.scene.named_parameters(), resumed.scene.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
+
+
+def test_nan_in_the_field_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    from recon.train.config import SDFTrainConfig
+    from recon.train.trainer import Trainer, TrainingError
+
+    cfg = SDFTrainConfig(data=ensure_sample_scene(), downscale=4, max_steps=6, checkpoint_every=2, progress=False,
+                         eval_every=0)
+    cfg.model.resolutions, cfg.model.samples, cfg.optim.rays_per_step = (8, 16), 16, 128
+
+    def poison(step, trainer):
+        if step == 4:
+            trainer.method.field.variance.data.fill_(float("nan"))
+
+    trainer = Trainer(cfg, tmp_path / "run", hooks=[poison])
+    with pytest.raises(TrainingError, match=r"parameter 'variance' became NaN/Inf at step 4.*step-0000002\.pt"):
+        trainer.train()
+    # The next step's samples are NaN: the compositing refuses them, and the loop names the parameter.
+    with pytest.raises(TrainingError, match=r"parameter 'variance' became NaN/Inf at step 5.*step-0000002\.pt"):
+        trainer.train_step()
+    field = trainer.method.field
+    field.variance.data.fill_(0.3)
+    field.radiance = lambda geo, normal, d: torch.full_like(normal, float("nan"))  # finite parameters, NaN samples
+    with pytest.raises(TrainingError, match=r"samples became non-finite at step 6 .*step-0000002\.pt"):
+        trainer.train_step()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")] == ["step-0000002.pt"]

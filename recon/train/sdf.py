@@ -56,8 +56,8 @@ class SDFMethod(TriPlaneMethod):
             group["lr"] = (o.lr_planes if group["name"] == "planes" else o.lr_mlp) * factor
         origins, dirs, target = self._batch()
         anneal = min(1.0, self.step_index / max(1.0, o.anneal_fraction * cfg.max_steps))
-        out = render_sdf_rays(self.field, origins, dirs, generator=self.generator, anneal=anneal, train=True,
-                              backend=cfg.backend)
+        out = self.guarded(render_sdf_rays, self.field, origins, dirs, generator=self.generator, anneal=anneal,
+                           train=True, backend=cfg.backend)
         R = len(origins)
         bg = torch.rand(R, 3, generator=self.generator).to(self.device) if cfg.random_background \
             else self.eval_background.expand(R, 3)

@@ -102,10 +102,27 @@ class TriPlaneMethod(Method):
         target = self.train_images[views[:, None], iy, ix]  # [V, per, 4]
         return origins.reshape(-1, 3), dirs.reshape(-1, 3), target.reshape(-1, target.shape[-1])
 
+    def guarded(self, render, *args, **kwargs) -> dict:
+        """``render(*args, **kwargs)``, turning the compositing's refusal of non-finite samples into the loop's
+        stop with the last good checkpoint (a NaN parameter is named; otherwise the field overflowed)."""
+        try:
+            return render(*args, **kwargs)
+        except ValueError as err:
+            if "finite" not in str(err) and "NaN" not in str(err):
+                raise
+            self.check_finite()
+            from recon.train.checkpoint import latest_checkpoint
+            from recon.train.trainer import TrainingError
+
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingError(f"the field's samples became non-finite at step {self.step_index} ({err}); training "
+                                f"stopped. Last good checkpoint: {last or 'none written yet'} (unchanged). Lower the "
+                                "learning rates.") from err
+
     def step(self) -> dict:
         cfg, o = self.cfg, self.cfg.optim
         origins, dirs, target = self._batch()
-        out = render_rays(self.field, origins, dirs, generator=self.generator, backend=cfg.backend)
+        out = self.guarded(render_rays, self.field, origins, dirs, generator=self.generator, backend=cfg.backend)
         R = len(origins)
         bg = torch.rand(R, 3, generator=self.generator).to(self.device) if cfg.random_background \
             else self.eval_background.expand(R, 3)
