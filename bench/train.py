@@ -93,11 +93,15 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
             export = [sys.executable, "-m", "recon.cli", "export", str(run_dir), "--format", "ply", "--out",
                       str(mesh_path), "--resolution", str(FIELD_MESH_RESOLUTION)]
             t0 = time.time()
-            subprocess.run(export, cwd=REPO, check=True)
+            exported = subprocess.run(export, cwd=REPO).returncode == 0
             result["export_seconds"] = round(time.time() - t0, 1)
             result["export_command"] = " ".join(export)
-        result["chamfer"] = mesh_chamfer(run_dir, data_root / SHARED[scene] / "mesh.ply", mesh_path)
-        if (method, scene) in MAX_CHAMFER:
+            if not exported:  # keep this scene's training figures and go on with the others
+                result["export_failed"] = True
+                ok_chamfer = False
+        if "export_failed" not in result:
+            result["chamfer"] = mesh_chamfer(run_dir, data_root / SHARED[scene] / "mesh.ply", mesh_path)
+        if (method, scene) in MAX_CHAMFER and "chamfer" in result:
             result["max_chamfer"] = MAX_CHAMFER[(method, scene)]
             ok_chamfer = result["chamfer"]["chamfer"] <= MAX_CHAMFER[(method, scene)]
     if (method, scene) in TARGETS:

@@ -219,15 +219,16 @@ def _init_from_field(cfg, method: str, field_run: Path, run_dir: Path, resume: b
         raise ValueError(f"--init-from RUN starts `recon train mesh` from a field run's surface, not {method}")
     if resume:
         raise ValueError("--init-from cannot be combined with --resume (the run already has its initial mesh)")
-    field = load_run_scene(field_run)
+    field, data, _, _ = _load_source(SourceArgs(run=field_run), need_data=True)
     if not is_field(field):
         raise ValueError(f"--init-from {field_run}: not a tri-plane or SDF run ({describe_scene(field)})")
-    _, data, _, _ = _load_source(SourceArgs(run=field_run), need_data=True)
     mesh = field_to_mesh(field, FieldMeshOptions(resolution=256), data.train.cameras, source=str(field_run))
     (run_dir / "init").mkdir(parents=True, exist_ok=True)
     path = save_mesh(mesh, run_dir / "init" / "field_mesh.ply", "ply")
     print(f"recon train: initial mesh from {field_run}: {path} ({describe_scene(mesh)})")
-    cfg = replace(cfg, model=replace(cfg.model, init_mesh=str(path)), optim=replace(cfg.optim, geometry_steps=0))
+    # absolute, as the dataset path: the run's config must work from any directory
+    cfg = replace(cfg, model=replace(cfg.model, init_mesh=str(path.resolve())),
+                  optim=replace(cfg.optim, geometry_steps=0))
     validate(cfg)
     return cfg
 
@@ -589,7 +590,7 @@ def _field_mesh(a: ExportArgs, field, run_dir: Path | None):
     cameras = None
     if run_dir is not None or a.data is not None:
         try:
-            _, data, _, _ = _load_source(a, need_data=True)
+            field, data, _, _ = _load_source(a, need_data=True)
             cameras = data.train.cameras
         except (FileNotFoundError, ValueError) as err:
             print(f"recon export: no training cameras ({str(err).splitlines()[0]}); unseen faces are kept")

@@ -20,12 +20,19 @@ from recon.scenes.sdf import NeuralSDF
 @pytest.mark.parametrize("inv_s", [20.0, 200.0])
 def test_neus_alpha_telescopes_and_is_unbiased_on_a_plane(inv_s):
     """Along a ray into a plane (f(t) = t0 - t), the intervals' (1 - alpha) telescope to
-    Phi(f(end)) / Phi(f(start)); the weights peak at the crossing and their mean sits on it."""
+    Phi(f(end)) / Phi(f(start)); the weights peak at the crossing and their mean sits on it; a jittered evaluation
+    point gives the same alphas."""
     t0, S = 1.3, 400
     edges = torch.linspace(0.0, 3.0, S + 1, dtype=torch.float64)
     a, b = edges[:-1], edges[1:]
     mid = (a + b) / 2
-    alpha = neus_alpha(t0 - mid, torch.full_like(mid, -1.0), b - a, torch.tensor(inv_s, dtype=torch.float64))
+    # Evaluated at a random point of each interval (as training jitters them): the same alphas.
+    u = torch.rand(S, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    at = a + (b - a) * u
+    s_ = torch.tensor(inv_s, dtype=torch.float64)
+    jittered = neus_alpha(t0 - at, torch.full_like(at, -1.0), at - a, b - at, s_)
+    alpha = neus_alpha(t0 - mid, torch.full_like(mid, -1.0), mid - a, b - mid, s_)
+    torch.testing.assert_close(jittered, alpha, rtol=0, atol=1e-12)
     out = composite(alpha, torch.ones(S, 1, dtype=torch.float64), a, b, torch.tensor([0, S]), mode="alpha",
                     backend="torch", t_eps=0.0)
     phi = torch.sigmoid
@@ -177,3 +184,19 @@ def test_nan_in_the_field_stops_training_and_keeps_the_last_checkpoint(tmp_path)
     with pytest.raises(TrainingError, match=r"samples became non-finite at step 6 .*step-0000002\.pt"):
         trainer.train_step()
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")] == ["step-0000002.pt"]
+
+
+def test_grid_sample_second_derivatives_are_exact():
+    """The eikonal loss trains through d/d(planes, points) of the SDF's gradient: torch's grid_sample double
+    backward, checked by gradcheck in float64 (both arguments)."""
+    g = torch.Generator().manual_seed(0)
+    planes = torch.randn(1, 2, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(1, 7, 1, 2, generator=g, dtype=torch.float64) * 1.6 - 0.8).requires_grad_(True)
+
+    def gradient(planes, points):
+        f = torch.nn.functional.grid_sample(planes, points, align_corners=True)
+        (grad,) = torch.autograd.grad(f.square().sum(), points, create_graph=True)
+        return grad
+
+    assert torch.autograd.gradcheck(lambda p: gradient(p, points), (planes,))
+    assert torch.autograd.gradcheck(lambda x: gradient(planes, x), (points,))

@@ -1,7 +1,7 @@
 """Meshes of fields (``recon export RUN --format obj|ply|glb`` on a tri-plane or SDF run).
 
-The field is sampled on a ``resolution^3`` grid over its box in slabs (so only the grid itself, 4 bytes a point,
-is held: 512^3 is 0.5 GB), cut by marching cubes (:func:`recon.renderers.volume.isosurface.marching_cubes`) at
+The field is sampled on a ``resolution^3`` grid over its box in slabs (the grid itself, 4 bytes a point, is the one
+big allocation: 512^3 is 0.5 GB), cut by marching cubes (:func:`recon.renderers.volume.isosurface.marching_cubes`) at
 its level set, and cleaned:
 
 1. connected components smaller than ``min_component`` times the largest one are dropped (floaters);
@@ -56,10 +56,22 @@ class FieldMeshOptions:
         self.texture_size, self.max_bytes = texture_size, max_bytes
 
 
-def grid_bytes(resolution: int) -> int:
-    """Estimated peak memory of extracting a mesh at ``resolution``: the float32 grid, marching cubes' sign
-    pass over it and the evaluation slabs (the mesh itself is small next to them)."""
-    return 2 * 4 * resolution ** 3 + (256 << 20)
+def grid_bytes(resolution: int, compiled: bool = True) -> int:
+    """Estimated peak memory of extracting a mesh at ``resolution``: the float32 grid, marching cubes' pass over
+    it and the evaluation slabs (the mesh itself is small next to them). Without the compiled kernel the torch
+    twin holds float64 copies, masks and int64 keys of the whole grid: about 10x more."""
+    per_point = 8 if compiled else 80
+    return per_point * resolution ** 3 + (256 << 20)
+
+
+def _compiled() -> bool:
+    from recon.renderers._build import ExtensionBuildError, load_cpu_extension
+
+    try:
+        load_cpu_extension("isosurface")
+        return True
+    except ExtensionBuildError:
+        return False
 
 
 def _available_bytes() -> int:
@@ -74,9 +86,10 @@ def _available_bytes() -> int:
 
 def _check_memory(opts: FieldMeshOptions) -> None:
     budget = opts.max_bytes if opts.max_bytes is not None else int(0.8 * _available_bytes())
-    need = grid_bytes(opts.resolution)
+    compiled = _compiled()
+    need = grid_bytes(opts.resolution, compiled)
     if need > budget:
-        fit = int(((budget - (256 << 20)) / 8) ** (1 / 3)) if budget > (256 << 20) else 0
+        fit = int(((budget - (256 << 20)) / (8 if compiled else 80)) ** (1 / 3)) if budget > (256 << 20) else 0
         raise ValueError(f"--resolution {opts.resolution} needs about {need / 2**30:.1f} GB "
                          f"({opts.resolution}^3 float32 grid and marching cubes); {budget / 2**30:.1f} GB may be "
                          f"used here; --resolution {fit} or less fits")
@@ -153,7 +166,7 @@ def field_to_mesh(field, opts: FieldMeshOptions | None = None, cameras=None, sou
 
     Raises:
         ValueError: a resolution that does not fit in memory (with the estimate), NaN in the field, or a level
-            the field never crosses inside its box.
+            the field never crosses inside its box. TypeError: not a field.
     """
     from recon.renderers.volume.isosurface import marching_cubes
     from recon.train.mesh import bake_vertex_colors, hidden_regions, keep_large_components, uv_atlas, visible_faces
@@ -174,7 +187,9 @@ def field_to_mesh(field, opts: FieldMeshOptions | None = None, cameras=None, sou
         raise ValueError(f"{source}: the field's {what} never crosses the level {level:.4g} inside its box "
                          f"(it spans [{lo_v:.4g}, {hi_v:.4g}] on the {opts.resolution}^3 grid); no surface to "
                          "extract (pass --level inside that range)")
-    verts, faces = marching_cubes(sign * values, sign * level, origin=origin.tolist(), spacing=spacing.tolist())
+    if sign < 0:
+        values.neg_()  # in place: the grid is the only big allocation
+    verts, faces = marching_cubes(values, sign * level, origin=origin.tolist(), spacing=spacing.tolist())
     del values
     verts, faces, _ = keep_large_components(verts, faces.long(), 1, min_fraction=opts.min_component)
     if cameras is not None and len(faces):

@@ -40,11 +40,14 @@ class NeuralSDF(nn.Module):
         lo, hi: ``[3]`` corners of the box (the renderer samples rays inside it; the SDF is defined everywhere).
         resolutions: plane edge per level. channels: features per plane and level. hidden: MLP width.
         samples: intervals per ray across the box (stored with the field). init_radius: the initial sphere's
-            radius as a fraction of the box's half extent.
+            radius as a fraction of the box's half extent. grid_samples: candidate intervals per ray once an
+            occupancy grid is set (``occupancy``, a ``bool [G, G, G]`` buffer over the box; empty: no grid, the
+            renderer samples ``samples`` intervals; see ``recon.renderers.volume.occupancy``).
     """
 
     def __init__(self, lo: Tensor, hi: Tensor, resolutions: tuple[int, ...] = (32, 64, 128), channels: int = 8,
-                 hidden: int = 64, seed: int = 0, samples: int = 64, init_radius: float = 0.5) -> None:
+                 hidden: int = 64, seed: int = 0, samples: int = 64, init_radius: float = 0.5,
+                 grid_samples: int = 256) -> None:
         super().__init__()
         lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
         if lo.shape != (3,) or hi.shape != (3,) or not bool((hi > lo).all()):
@@ -57,7 +60,8 @@ class NeuralSDF(nn.Module):
         self.register_buffer("lo", lo.clone())
         self.register_buffer("hi", hi.clone())
         self.resolutions, self.channels, self.hidden = tuple(int(r) for r in resolutions), int(channels), int(hidden)
-        self.samples, self.init_radius = int(samples), float(init_radius)
+        self.samples, self.init_radius, self.grid_samples = int(samples), float(init_radius), int(grid_samples)
+        self.register_buffer("occupancy", torch.zeros(0, 0, 0, dtype=torch.bool))
         g = torch.Generator().manual_seed(seed)
         self.planes = nn.ParameterList(
             [nn.Parameter(torch.randn(3, channels, r, r, generator=g) * 0.1) for r in self.resolutions])
@@ -140,7 +144,7 @@ class NeuralSDF(nn.Module):
     def header(self) -> str:
         return json.dumps({"kind": KIND, "version": VERSION, "resolutions": list(self.resolutions),
                            "channels": self.channels, "hidden": self.hidden, "samples": self.samples,
-                           "init_radius": self.init_radius})
+                           "init_radius": self.init_radius, "grid_samples": self.grid_samples})
 
     def to_state(self) -> dict:
         """``{"header": json str, "tensors": {name: cpu tensor}}`` (tensors only: loads with weights_only)."""
@@ -152,6 +156,11 @@ class NeuralSDF(nn.Module):
         from recon.scenes.fields import read_state, restore
 
         header, tensors = read_state(state, source, KIND, "neural SDF")
-        return restore(lambda: cls(tensors["lo"], tensors["hi"], tuple(header["resolutions"]), header["channels"],
-                                   header["hidden"], samples=header["samples"], init_radius=header["init_radius"]),
-                       tensors, source, "neural SDF")
+        def build() -> NeuralSDF:
+            field = cls(tensors["lo"], tensors["hi"], tuple(header["resolutions"]), header["channels"],
+                        header["hidden"], samples=header["samples"], init_radius=header["init_radius"],
+                        grid_samples=header.get("grid_samples", 256))
+            field.occupancy = torch.zeros_like(tensors["occupancy"], dtype=torch.bool)  # its grid's size
+            return field
+
+        return restore(build, tensors, source, "neural SDF")

@@ -447,6 +447,10 @@ class SDFModelConfig:
     """Margin added on every side of the object's box (a fraction of its size)."""
     init_radius: float = 0.5
     """Radius of the initial sphere, as a fraction of the box's half extent."""
+    grid_resolution: int = 0
+    """Cells per side of the occupancy grid that skips empty space once it starts (0: no grid; e.g. 64)."""
+    grid_samples: int = 256
+    """Candidate intervals per ray once the grid is on (only those in occupied cells are evaluated)."""
 
 
 @dataclass
@@ -463,6 +467,10 @@ class SDFOptimConfig:
     """Weight of the BCE between opacity and the images' coverage alpha (datasets with coverage alpha)."""
     anneal_fraction: float = 0.1
     """Fraction of the steps over which NeuS's cosine is annealed to the exact |cos|."""
+    grid_start: float = 0.1
+    """Fraction of the steps after which the occupancy grid is built (the uniform sampler before)."""
+    grid_every: int = 16
+    """Steps between occupancy-grid updates."""
 
 
 @dataclass
@@ -523,6 +531,10 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.lambda_eikonal", lambda v: v >= 0, "a number >= 0"),
     ("optim.lambda_mask", lambda v: v >= 0, "a number >= 0"),
     ("optim.anneal_fraction", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.grid_resolution", lambda v: v == 0 or 8 <= v <= 256, "0 (no grid) or an integer in 8..256"),
+    ("model.grid_samples", lambda v: v >= 8, "an integer >= 8"),
+    ("optim.grid_start", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("optim.grid_every", lambda v: v >= 1, "an integer >= 1"),
     ("pbr.geometry_steps", lambda v: v >= 0, "an integer >= 0"),
     ("pbr.init_light", lambda v: v > 0, "a number > 0"),
     ("pbr.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),

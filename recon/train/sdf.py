@@ -6,7 +6,9 @@ minimizes
 
     L1(rgb) + lambda_eikonal * mean_samples (|grad f| - 1)^2 + lambda_mask * BCE(opacity, alpha)
 
-the mask term only where the images' alpha is coverage (synthetic RGBA sets). The NeuS cosine is annealed over
+the mask term only where the images' alpha is coverage (synthetic RGBA sets). After ``optim.grid_start`` of the
+steps an occupancy grid (``model.grid_resolution``, rebuilt from the SDF every ``optim.grid_every`` steps) limits
+the samples to cells near the zero set, cut ``model.grid_samples`` to a chord instead of ``model.samples``. The NeuS cosine is annealed over
 the first ``optim.anneal_fraction`` of the steps; learning rates warm up linearly over the first 2 % of the steps
 and then follow a cosine to 5 % (NeuS). The box is the tri-plane trainer's (visual hull, else the cameras' look-at
 cube) with a wider margin, so that the zero set never touches it. ``exports/field.pt`` holds the field;
@@ -20,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from recon.renderers.volume.occupancy import sdf_occupancy
 from recon.renderers.volume.sdf import render_sdf_rays
 from recon.scenes.sdf import NeuralSDF
 from recon.train.triplane import TriPlaneMethod
@@ -38,7 +41,17 @@ class SDFMethod(TriPlaneMethod):
     def new_field(self, lo: torch.Tensor, hi: torch.Tensor) -> NeuralSDF:
         m = self.cfg.model
         return NeuralSDF(lo, hi, m.resolutions, m.channels, m.hidden, seed=self.cfg.seed, samples=m.samples,
-                         init_radius=m.init_radius)
+                         init_radius=m.init_radius, grid_samples=m.grid_samples)
+
+    def _update_grid(self) -> None:
+        """Rebuild the occupancy grid from the SDF every ``optim.grid_every`` steps once ``optim.grid_start`` of
+        the steps are done (deterministic from the field: a resumed run rebuilds it at the same steps)."""
+        m, o = self.cfg.model, self.cfg.optim
+        if not m.grid_resolution or self.step_index < o.grid_start * self.cfg.max_steps:
+            return
+        if self.field.occupancy.numel() == 0 or self.step_index % o.grid_every == 0:
+            f = self.field
+            f.occupancy = sdf_occupancy(f.sdf, f.lo, f.hi, m.grid_resolution, float(f.inv_s().detach()))
 
     def _lr_factor(self) -> float:
         steps = self.cfg.max_steps
@@ -54,6 +67,7 @@ class SDFMethod(TriPlaneMethod):
         factor = self._lr_factor()
         for group in self.optimizer.param_groups:
             group["lr"] = (o.lr_planes if group["name"] == "planes" else o.lr_mlp) * factor
+        self._update_grid()
         origins, dirs, target = self._batch()
         anneal = min(1.0, self.step_index / max(1.0, o.anneal_fraction * cfg.max_steps))
         out = self.guarded(render_sdf_rays, self.field, origins, dirs, generator=self.generator, anneal=anneal,

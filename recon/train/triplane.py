@@ -76,8 +76,8 @@ class TriPlaneMethod(Method):
 
     def export(self) -> Path:
         """``exports/field.pt``: the field's state (tensors and a JSON header; ``torch.load(...,
-        weights_only=True)`` reads it), written atomically. Meshes of fields (marching cubes) are not in recon
-        yet."""
+        weights_only=True)`` reads it), written atomically; ``recon export RUN --format glb`` extracts its
+        mesh."""
         path = self.run_dir / "exports" / "field.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

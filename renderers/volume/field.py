@@ -107,5 +107,8 @@ def render_image(render_chunk, cameras: Cameras, settings: RenderSettings, devic
 @register_renderer(TriPlaneField)
 def render_field(field: TriPlaneField, cameras: Cameras, settings: RenderSettings) -> RenderOutput:
     """Every pixel of every camera, in chunks of :data:`CHUNK` rays; depth as camera-space z."""
+    if settings.fields.method != "volume":
+        raise ValueError(f"a tri-plane field renders by volume rendering only; fields.method "
+                         f"{settings.fields.method!r} (--field-method) needs a neural SDF")
     return render_image(lambda o, d, backend: render_rays(field, o, d, backend=backend), cameras, settings,
                         field.lo.device)

@@ -1,14 +1,18 @@
 """Volume rendering of neural SDFs with the NeuS alpha (:class:`recon.scenes.sdf.NeuralSDF`).
 
-Rays are cut into the field's equal intervals across its box (:func:`~recon.renderers.volume.field.box_samples`).
+Rays are cut into the field's equal intervals across its box (:func:`~recon.renderers.volume.field.box_samples`),
+or, once the field carries an occupancy grid, into finer intervals of which only those in occupied cells are
+kept (:func:`~recon.renderers.volume.occupancy.occupied_samples`).
 At each interval's evaluation point the SDF ``f`` and its gradient are taken; the SDF at the interval's ends is
 estimated along the ray as ``f -/+ cos * dt / 2`` with ``cos`` the cosine between the ray and the gradient, and the
-interval's opacity is NeuS's discrete alpha
+interval's opacity is NeuS's discrete alpha (the ends extrapolated from the evaluation point, which training
+jitters inside the interval)
 
     alpha = clip((Phi_s(f_start) - Phi_s(f_end)) / Phi_s(f_start), 0, 1),   Phi_s(f) = sigmoid(inv_s * f)
 
-(unbiased at the zero crossing, occlusion-aware). Early in training ``cos`` is annealed from ``-(1 - cos) / 2``
-to ``-|cos|`` (NeuS's ``cos_anneal_ratio``) so that the back-facing half of the field still receives gradients.
+(unbiased at the zero crossing, occlusion-aware). Early in training the slope is annealed from ``-(1 - cos) / 2``
+to ``-max(-cos, 0)`` (NeuS's ``cos_anneal_ratio``) so that the back-facing half of the field still receives
+gradients.
 The alphas and colors are composited by :func:`recon.renderers.volume.composite` (``mode="alpha"``).
 """
 
@@ -21,18 +25,22 @@ from recon.cameras import Cameras
 from recon.renderers.interface import RenderOutput, RenderSettings, register_renderer
 from recon.renderers.volume.composite import composite
 from recon.renderers.volume.field import box_samples, ray_box, render_image
+from recon.renderers.volume.occupancy import occupied_samples
 from recon.renderers.volume.sphere_trace import sphere_trace
 from recon.scenes.sdf import NeuralSDF
 
 __all__ = ["neus_alpha", "render_sdf", "render_sdf_rays", "sphere_trace_sdf_rays"]
 
 
-def neus_alpha(sdf: Tensor, cos: Tensor, dt: Tensor, inv_s: Tensor, anneal: float = 1.0) -> Tensor:
-    """NeuS's discrete opacity of intervals ``[S]`` of length ``dt`` whose midpoint SDF is ``sdf`` and whose ray
-    makes cosine ``cos`` with the SDF's gradient; ``anneal`` in [0, 1] (1: the exact ``-|cos|``)."""
+def neus_alpha(sdf: Tensor, cos: Tensor, before: Tensor, after: Tensor, inv_s: Tensor,
+               anneal: float = 1.0) -> Tensor:
+    """NeuS's discrete opacity of intervals ``[S]``: the SDF ``sdf`` is taken at a point ``before`` past the
+    interval's start and ``after`` short of its end (both ``[S]``; half the length each at the midpoint), where
+    the ray makes cosine ``cos`` with the SDF's gradient. ``anneal`` in [0, 1] blends NeuS's ``-(1 - cos) / 2``
+    (0) into ``-max(-cos, 0)`` (1), the slope along the ray of a front-facing surface."""
     iter_cos = -(torch.relu(-cos * 0.5 + 0.5) * (1.0 - anneal) + torch.relu(-cos) * anneal)
-    start = sdf - iter_cos * dt * 0.5
-    end = sdf + iter_cos * dt * 0.5
+    start = sdf - iter_cos * before
+    end = sdf + iter_cos * after
     cdf_start, cdf_end = torch.sigmoid(start * inv_s), torch.sigmoid(end * inv_s)
     return ((cdf_start - cdf_end + 1e-5) / (cdf_start + 1e-5)).clamp(0.0, 1.0)
 
@@ -44,22 +52,27 @@ def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generato
     ``gradient [S, 3]`` and ``weights [S]`` (for the eikonal loss). ``train``: keep the graph through the
     gradient (second derivatives for the eikonal loss)."""
     R = len(origins)
-    idx, t0, t1, t, offsets = box_samples(origins, dirs, field.lo, field.hi, field.samples, generator)
-    if len(idx) == 0:
+    if field.occupancy.numel():
+        ray, t0, t1, t, offsets = occupied_samples(origins, dirs, field.lo, field.hi, field.occupancy,
+                                                   field.grid_samples, generator)
+    else:
+        idx, t0, t1, t, offsets = box_samples(origins, dirs, field.lo, field.hi, field.samples, generator)
+        ray = idx[:, None].expand(-1, t.shape[1]).reshape(-1)
+        t0, t1, t = t0.reshape(-1), t1.reshape(-1), t.reshape(-1)
+    if len(t) == 0:
         zero = origins.new_zeros(R, 1)
         return {"rgb": origins.new_zeros(R, 3), "opacity": zero, "depth": zero, "normal": origins.new_zeros(R, 3),
                 "gradient": origins.new_zeros(0, 3), "weights": origins.new_zeros(0)}
-    n, k = t.shape
-    d = dirs[idx, None].expand(-1, k, -1).reshape(-1, 3)
-    x = (origins[idx, None] + dirs[idx, None] * t[..., None]).reshape(-1, 3)
+    d = dirs[ray]
+    x = origins[ray] + d * t[:, None]
     sdf, grad, geo = field.sdf_gradient(x, create_graph=train)
     if not train:
         sdf, grad, geo = sdf.detach(), grad.detach(), geo.detach()
     normal = torch.nn.functional.normalize(grad, dim=-1)
-    alpha = neus_alpha(sdf, (d * grad).sum(-1), (t1 - t0).reshape(-1), field.inv_s(), anneal)
+    alpha = neus_alpha(sdf, (d * grad).sum(-1), t - t0, t1 - t, field.inv_s(), anneal)
     rgb = field.radiance(geo, normal, d)
-    out = composite(alpha.contiguous(), torch.cat([rgb, normal], -1).contiguous(), t0.reshape(-1).contiguous(),
-                    t1.reshape(-1).contiguous(), offsets, mode="alpha", backend=backend)
+    out = composite(alpha.contiguous(), torch.cat([rgb, normal], -1).contiguous(), t0.contiguous(),
+                    t1.contiguous(), offsets, mode="alpha", backend=backend)
     depth = out.depth / out.opacity.clamp_min(1e-6) * (out.opacity > 0)
     return {"rgb": out.rgb[:, :3], "opacity": out.opacity, "depth": depth,
             "normal": torch.nn.functional.normalize(out.rgb[:, 3:], dim=-1), "gradient": grad,

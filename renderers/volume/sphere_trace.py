@@ -3,8 +3,9 @@
 From the ray's entry into the box, each step advances by ``step_scale`` times the SDF (a learned SDF is only
 approximately a distance; ``step_scale < 1`` guards against overshooting thin parts), but at least ``min_step``.
 A ray stops when the SDF falls below ``eps`` or changes sign (an overshoot); the root is then bracketed between
-the last positive and the first non-positive point and refined by secant steps kept inside the bracket
-(bisection when the secant leaves it), so hits land on the zero set to the SDF's numerical precision.
+the last positive and the first non-positive point and refined by regula falsi with the Illinois rule (no end
+stalls), so hits land on the zero set to the SDF's numerical precision; a ray whose first point is inside is a
+hit there.
 Rays that leave the box, or run out of steps, miss. Pure torch (the SDF is any callable), any device.
 """
 
@@ -28,7 +29,7 @@ def sphere_trace(sdf: Callable[[Tensor], Tensor], origins: Tensor, dirs: Tensor,
         sdf: maps points ``[N, 3]`` to signed distances ``[N]`` (negative inside).
         origins, dirs: ``[R, 3]`` rays (unit ``dirs``). t_near, t_far: ``[R]`` the interval to search.
         max_steps: marching steps. eps: stop below this SDF. step_scale, min_step: step control (module doc).
-        refine: secant / bisection iterations on a bracketed root.
+        refine: regula falsi (Illinois) iterations on a bracketed root.
 
     Returns:
         ``t [R]`` (distance to the hit; ``t_far`` on a miss) and ``hit [R]`` bool.
@@ -59,23 +60,23 @@ def sphere_trace(sdf: Callable[[Tensor], Tensor], origins: Tensor, dirs: Tensor,
         active[idx[~going]] = False
         left = t[g] > t_far[g]
         active[g[left]] = False
-    # Refine bracketed roots: secant between (t_pos, f_pos > 0) and (t_neg, f_neg < 0), kept inside the bracket.
-    b = bracket.nonzero()[:, 0]
+    # Refine bracketed roots by regula falsi with the Illinois rule (the end that stays twice in a row has its
+    # value halved, so neither end stalls); a ray negative at its first point is a hit there.
+    b = (bracket & torch.isfinite(f_pos)).nonzero()[:, 0]
     if len(b):
-        lo, hi, f_lo, f_hi = t_pos[b], t_neg[b], f_pos[b].clamp(max=1e30), f_neg[b]
-        first = torch.isinf(f_pos[b])  # crossed at the first step: no positive sample; bisect from t_near
-        lo = torch.where(first, t_near[b], lo)
-        if first.any():
-            f_lo = torch.where(first, sdf(origins[b] + dirs[b] * lo[:, None]).to(t.dtype), f_lo)
+        lo, hi, f_lo, f_hi = t_pos[b], t_neg[b], f_pos[b], f_neg[b]
+        side = torch.zeros(len(b), dtype=torch.int8, device=t.device)  # +1: lo moved last, -1: hi moved last
         for _ in range(refine):
-            secant = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-            ok = (f_lo > 0) & (secant > lo) & (secant < hi)
-            mid = torch.where(ok, secant, 0.5 * (lo + hi))
+            mid = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+            mid = torch.where((mid > lo) & (mid < hi), mid, 0.5 * (lo + hi))
             fm = sdf(origins[b] + dirs[b] * mid[:, None]).to(t.dtype)
             pos = fm > 0
+            f_hi = torch.where(pos & (side == 1), 0.5 * f_hi, f_hi)
+            f_lo = torch.where(~pos & (side == -1), 0.5 * f_lo, f_lo)
             lo, f_lo = torch.where(pos, mid, lo), torch.where(pos, fm, f_lo)
             hi, f_hi = torch.where(pos, hi, mid), torch.where(pos, f_hi, fm)
+            side = torch.where(pos, 1, -1).to(torch.int8)
         t[b] = torch.where(f_lo.abs() < f_hi.abs(), lo, hi)
-        hit[b] = True
+    hit |= bracket
     t = torch.where(hit, t, t_far)
     return t, hit
