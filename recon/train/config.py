@@ -447,7 +447,7 @@ class SDFModelConfig:
     """Margin added on every side of the object's box (a fraction of its size)."""
     init_radius: float = 0.5
     """Radius of the initial sphere, as a fraction of the box's half extent."""
-    grid_resolution: int = 0
+    occupancy_resolution: int = 0
     """Cells per side of the occupancy grid that skips empty space once it starts (0: no grid; e.g. 64)."""
     grid_samples: int = 256
     """Candidate intervals per ray once the grid is on (only those in occupied cells are evaluated)."""
@@ -531,7 +531,7 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.lambda_eikonal", lambda v: v >= 0, "a number >= 0"),
     ("optim.lambda_mask", lambda v: v >= 0, "a number >= 0"),
     ("optim.anneal_fraction", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    ("model.grid_resolution", lambda v: v == 0 or 8 <= v <= 256, "0 (no grid) or an integer in 8..256"),
+    ("model.occupancy_resolution", lambda v: v == 0 or 8 <= v <= 256, "0 (no grid) or an integer in 8..256"),
     ("model.grid_samples", lambda v: v >= 8, "an integer >= 8"),
     ("optim.grid_start", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("optim.grid_every", lambda v: v >= 1, "an integer >= 1"),

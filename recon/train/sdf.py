@@ -6,9 +6,10 @@ minimizes
 
     L1(rgb) + lambda_eikonal * mean_samples (|grad f| - 1)^2 + lambda_mask * BCE(opacity, alpha)
 
-the mask term only where the images' alpha is coverage (synthetic RGBA sets). After ``optim.grid_start`` of the
-steps an occupancy grid (``model.grid_resolution``, rebuilt from the SDF every ``optim.grid_every`` steps) limits
-the samples to cells near the zero set, cut ``model.grid_samples`` to a chord instead of ``model.samples``. The NeuS cosine is annealed over
+the mask term only where the images' alpha is coverage (synthetic RGBA sets). With ``model.occupancy_resolution``
+> 0, after ``optim.grid_start`` of the steps an occupancy grid (rebuilt from the SDF every ``optim.grid_every``
+steps) limits the samples to cells near the zero set, cut ``model.grid_samples`` to a chord instead of
+``model.samples``. The NeuS cosine is annealed over
 the first ``optim.anneal_fraction`` of the steps; learning rates warm up linearly over the first 2 % of the steps
 and then follow a cosine to 5 % (NeuS). The box is the tri-plane trainer's (visual hull, else the cameras' look-at
 cube) with a wider margin, so that the zero set never touches it. ``exports/field.pt`` holds the field;
@@ -47,11 +48,11 @@ class SDFMethod(TriPlaneMethod):
         """Rebuild the occupancy grid from the SDF every ``optim.grid_every`` steps once ``optim.grid_start`` of
         the steps are done (deterministic from the field: a resumed run rebuilds it at the same steps)."""
         m, o = self.cfg.model, self.cfg.optim
-        if not m.grid_resolution or self.step_index < o.grid_start * self.cfg.max_steps:
+        if not m.occupancy_resolution or self.step_index < o.grid_start * self.cfg.max_steps:
             return
         if self.field.occupancy.numel() == 0 or self.step_index % o.grid_every == 0:
             f = self.field
-            f.occupancy = sdf_occupancy(f.sdf, f.lo, f.hi, m.grid_resolution, float(f.inv_s().detach()))
+            f.occupancy = sdf_occupancy(f.sdf, f.lo, f.hi, m.occupancy_resolution, float(f.inv_s().detach()))
 
     def _lr_factor(self) -> float:
         steps = self.cfg.max_steps
