@@ -15,5 +15,5 @@ from recon.renderers.interface import (
     render,
 )
 
-__all__ = ["FieldSettings", "GaussianSettings", "MeshSettings", "RenderOutput", "RenderSettings", "ShadingSettings", "register_renderer",
-           "render"]
+__all__ = ["FieldSettings", "GaussianSettings", "MeshSettings", "RenderOutput", "RenderSettings", "ShadingSettings",
+           "register_renderer", "render"]

@@ -12,8 +12,8 @@ Initialization: the SDF is a sphere plus a learned residual, ``sdf(x) = h (|p| -
 ``p = (x - c) / h`` (``c``, ``h``: the box's center and half extent, ``r``: ``init_radius``) and the residual
 MLP ``g``'s SDF output starting at exactly 0, so training starts from an exact SDF (SAL / IGR's geometric
 initialization reaches a sphere only approximately at these widths: median error 0.18 at width 64). Softplus
-(beta 100) activations. The SDF is in world units, so the eikonal constraint is ``|grad sdf| = 1`` in the world. ``variance`` is NeuS's learned
-``ln(inv_s) / 10``.
+(beta 100) activations. The SDF is in world units, so the eikonal constraint is ``|grad sdf| = 1`` in the world.
+``variance`` is NeuS's learned ``ln(inv_s) / 10``.
 """
 
 from __future__ import annotations
