@@ -6,7 +6,7 @@ import json
 
 import torch
 
-__all__ = ["FIELD_KINDS", "field_from_state", "is_field", "load_field_file", "read_state", "restore"]
+__all__ = ["FIELD_KINDS", "field_from_state", "init_field", "is_field", "load_field_file", "read_state", "restore"]
 
 FIELD_KINDS = ("triplane", "sdf")
 
@@ -67,3 +67,18 @@ def restore(build, tensors: dict, source: str, what: str):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{source}: {what} tensor {name!r} contains NaN or Inf")
     return field
+
+
+def init_field(field, lo, hi, resolutions, channels: int, hidden: int, samples: int) -> None:
+    """Check and store what every field module has: its box (``lo``, ``hi`` buffers, ``[3]`` each, ``lo < hi``),
+    plane resolutions, channels, MLP width and samples per ray. Raises ``ValueError`` naming the bad value."""
+    lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    if lo.shape != (3,) or hi.shape != (3,) or not bool((hi > lo).all()):
+        raise ValueError(f"the field's box needs lo < hi, both [3], got {lo.tolist()} and {hi.tolist()}")
+    if not resolutions or min(resolutions) < 2 or channels < 1 or hidden < 1 or samples < 1:
+        raise ValueError(f"resolutions must be >= 2, channels, hidden and samples >= 1, got {resolutions}, "
+                         f"{channels}, {hidden}, {samples}")
+    field.register_buffer("lo", lo.clone())
+    field.register_buffer("hi", hi.clone())
+    field.resolutions, field.channels, field.hidden = tuple(int(r) for r in resolutions), int(channels), int(hidden)
+    field.samples = int(samples)

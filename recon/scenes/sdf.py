@@ -49,18 +49,12 @@ class NeuralSDF(nn.Module):
                  hidden: int = 64, seed: int = 0, samples: int = 64, init_radius: float = 0.5,
                  grid_samples: int = 256) -> None:
         super().__init__()
-        lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
-        if lo.shape != (3,) or hi.shape != (3,) or not bool((hi > lo).all()):
-            raise ValueError(f"the field's box needs lo < hi, both [3], got {lo.tolist()} and {hi.tolist()}")
-        if not resolutions or min(resolutions) < 2 or channels < 1 or hidden < 1 or samples < 1:
-            raise ValueError(f"resolutions must be >= 2, channels, hidden and samples >= 1, got {resolutions}, "
-                             f"{channels}, {hidden}, {samples}")
+        from recon.scenes.fields import init_field
+
+        init_field(self, lo, hi, resolutions, channels, hidden, samples)
         if not 0 < init_radius < 1:
             raise ValueError(f"init_radius must be in (0, 1), got {init_radius}")
-        self.register_buffer("lo", lo.clone())
-        self.register_buffer("hi", hi.clone())
-        self.resolutions, self.channels, self.hidden = tuple(int(r) for r in resolutions), int(channels), int(hidden)
-        self.samples, self.init_radius, self.grid_samples = int(samples), float(init_radius), int(grid_samples)
+        self.init_radius, self.grid_samples = float(init_radius), int(grid_samples)
         self.register_buffer("occupancy", torch.zeros(0, 0, 0, dtype=torch.bool))
         g = torch.Generator().manual_seed(seed)
         self.planes = nn.ParameterList(

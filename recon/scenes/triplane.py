@@ -58,16 +58,9 @@ class TriPlaneField(nn.Module):
     def __init__(self, lo: Tensor, hi: Tensor, resolutions: tuple[int, ...] = (64, 128, 256), channels: int = 16,
                  hidden: int = 64, seed: int = 0, samples: int = 64) -> None:
         super().__init__()
-        lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
-        if lo.shape != (3,) or hi.shape != (3,) or not bool((hi > lo).all()):
-            raise ValueError(f"the field's box needs lo < hi, both [3], got {lo.tolist()} and {hi.tolist()}")
-        if not resolutions or min(resolutions) < 2 or channels < 1 or hidden < 1 or samples < 1:
-            raise ValueError(f"resolutions must be >= 2, channels, hidden and samples >= 1, got {resolutions}, "
-                             f"{channels}, {hidden}, {samples}")
-        self.register_buffer("lo", lo.clone())
-        self.register_buffer("hi", hi.clone())
-        self.resolutions, self.channels, self.hidden = tuple(int(r) for r in resolutions), int(channels), int(hidden)
-        self.samples = int(samples)
+        from recon.scenes.fields import init_field
+
+        init_field(self, lo, hi, resolutions, channels, hidden, samples)
         g = torch.Generator().manual_seed(seed)
         self.planes = nn.ParameterList(
             [nn.Parameter(torch.rand(3, channels, r, r, generator=g) * 0.4 + 0.1) for r in self.resolutions])
