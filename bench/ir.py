@@ -59,7 +59,7 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
               "num_gaussians": summary.get("num_gaussians"),
               "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": " ".join(cmd), "curve": curve}
-    if (data / "mesh.ply").is_file() and method == "mesh-pbr":  # the surface is a mesh's only
+    if (data / "mesh.ply").is_file() and method in ("mesh-pbr", "sdf-pbr"):  # the surface is a mesh's only
         result["chamfer"] = mesh_chamfer(run_dir, data / "mesh.ply")
     targets = {**TARGETS, **METHOD_TARGETS.get(method, {})}
     checks = {}
@@ -107,7 +107,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--method", choices=("mesh-pbr", "gaussians-pbr"), default="mesh-pbr")
+    parser.add_argument("--method", choices=("mesh-pbr", "sdf-pbr", "gaussians-pbr"), default="mesh-pbr")
     parser.add_argument("--scenes", default="bob_field,armadillo_field")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--runs", type=Path, default=None, help="where run directories go (default: next to --out)")

@@ -215,8 +215,9 @@ def _init_from_field(cfg, method: str, field_run: Path, run_dir: Path, resume: b
     from recon.export.mesh_io import save_mesh
     from recon.scenes.fields import is_field
 
-    if method != "mesh":
-        raise ValueError(f"--init-from RUN starts `recon train mesh` from a field run's surface, not {method}")
+    if method not in ("mesh", "mesh-pbr"):
+        raise ValueError(f"--init-from RUN starts `recon train mesh` or `mesh-pbr` from a field run's surface, "
+                         f"not {method}")
     if resume:
         raise ValueError("--init-from cannot be combined with --resume (the run already has its initial mesh)")
     field, data, _, _ = _load_source(SourceArgs(run=field_run), need_data=True)

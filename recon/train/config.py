@@ -174,6 +174,14 @@ class MeshModelConfig:
     smooth_iterations: int = 0
     """Taubin smoothing iterations applied to the extracted mesh before the refinement stage (removes the
     marching-tetrahedra staircase, which shading would read as bumps)."""
+    geometry: Literal["tetgrid", "sdf"] = "tetgrid"
+    """The first (topology) stage: "tetgrid", the DMTet-style SDF on a tetrahedral grid rendered as a mesh;
+    "sdf", a neural SDF trained by NeuS volume rendering (exactly `recon train sdf`, options in the `field`
+    section) whose zero set is extracted by marching cubes at `field_resolution` and cleaned as
+    `recon export` does."""
+    field_resolution: int = 160
+    """Marching-cubes grid (per side of the field's box) of the zero set extracted after a `geometry sdf` stage
+    (160: ~120k faces on the synthetic sets, 256: ~300k and twice the refinement's step time)."""
 
 
 @dataclass
@@ -206,122 +214,6 @@ class MeshOptimConfig:
     """Weight of the normal-consistency term (1 - cos between adjacent face normals, refinement stage)."""
 
 
-@dataclass
-class MeshTrainConfig(TrainConfigBase):
-    """Reconstruct a textured triangle mesh from posed images (DMTet-style iso-surface, then texture)."""
-
-    max_steps: int = 1500
-    """Number of optimization steps (both stages)."""
-    checkpoint_every: int = 500
-    """Write a checkpoint every N steps (and on SIGINT/SIGTERM and at the end)."""
-    backend: Literal["auto", "torch", "cpu", "nvdiffrast"] = "auto"
-    """Mesh raster-op backend."""
-    model: MeshModelConfig = field(default_factory=MeshModelConfig)
-    optim: MeshOptimConfig = field(default_factory=MeshOptimConfig)
-
-
-@dataclass
-class MeshPBRModelConfig(MeshModelConfig):
-    """The mesh-pbr scene: the mesh model plus the material textures and the learned environment light."""
-
-    texture_size: int = 512
-    """Edge of the square base-color and roughness-metallic textures of the material stage (pixels)."""
-    smooth_iterations: int = 50
-    """Taubin smoothing iterations applied to the extracted mesh before the material stage (shading reads the
-    marching-tetrahedra staircase as bumps; docs/inverse_rendering.md has the bob_field ablation)."""
-    light_height: int = 32
-    """Rows of the learned equirectangular environment map (columns: 2x)."""
-    init_light: float = 1.0
-    """Initial constant radiance of the learned light (the initial base color is divided by it; albedo and light
-    are recovered up to a common scale, which evaluation aligns)."""
-    init_albedo: Literal["constant", "stage1"] = "constant"
-    """Initial base color of the material stage: `constant`, every texel the mean stage-1 color (divided by
-    `init_light`), so the light first explains the shading (see `optim.light_warmup`); `stage1`, the stage-1
-    colors themselves, which carry the training light's shading, so the light stays flat and the base color
-    keeps the shading (armadillo_field, exact geometry: albedo 16.8 dB against 27+ with the true light)."""
-    init_roughness: float = 0.6
-    """Initial roughness of every texel."""
-    init_metallic: float = 0.05
-    """Initial metallic of every texel."""
-
-
-@dataclass
-class MeshPBROptimConfig(MeshOptimConfig):
-    """Mesh optimization (as for `mesh`) plus the material and light of the PBR stage."""
-
-    lambda_normal: float = 0.5
-    """Weight of the normal-consistency term (1 - cos between adjacent face normals). Higher than for `mesh`:
-    with shading in the loss, vertex offsets otherwise grow bumps that explain shading detail (bob_field normal
-    error 19.8 deg at 0.01, 11.8 deg at 0.1)."""
-    lambda_material_smooth: float = 0.5
-    """Weight of the total variation of the roughness-metallic texture."""
-    lr_material: float = 1e-2
-    """Adam learning rate of the roughness-metallic texels."""
-    lr_light: float = 3e-2
-    """Adam learning rate of the light's log-radiance texels."""
-    lambda_albedo_smooth: float = 0.02
-    """Weight of the total variation of the base-color texture (nvdiffrec's kd smoothness, in texture space)."""
-    light_warmup: int = 200
-    """First steps of the material stage in which base color and roughness-metallic hold still while the light
-    (and the vertices) learn: per-texel base colors adapt faster than a light can, and would otherwise absorb
-    its shading before the light has moved."""
-    lambda_shading: float = 0.0
-    """Weight of nvdiffrec-mc's monochrome shading regularizer: the luminance of the demodulated shading (the
-    render with a base color of 1) should match the brightest channel of the image, compared as
-    srgb(log(1 + x)) over the object; light and geometry explain the brightness, the base color the chroma."""
-    lambda_light_white: float = 0.01
-    """Weight of the neutral-white light prior: mean |L_c - mean_c L| / mean L over the map (nvdiffrec-mc);
-    color goes to the base color rather than being baked into the light."""
-    lambda_metallic: float = 0.01
-    """Weight of a prior pulling metallic towards 0 (dielectric), the common case the image alone cannot
-    separate from a tinted specular."""
-    shadow_samples: int = 64
-    """Self-shadowing in the split-sum steps: the per-vertex diffuse transfer (visibility times cosine in
-    spherical harmonics, recon.shading.prt) from this many shadow rays per vertex through the mesh BVH, so
-    shadows are explained by the geometry instead of painted into the base color; evaluation then uses the
-    Monte Carlo integrator. 0: unshadowed split-sum."""
-    interreflection: bool = True
-    """With self-shadowing: one bounce of diffuse interreflection in the split-sum steps, from the same rays
-    (those that hit the object carry back its direct light times its base color; recon.shading.prt.Bounce),
-    the light a path tracer at depth 3 adds and that the base color otherwise absorbs in concave places;
-    evaluation then uses the Monte Carlo integrator's indirect bounce."""
-    roughness_search: int = 4
-    """After the last step, refit the roughness as a whole under the Monte Carlo integrator: shift the
-    roughness texture to each mean of `roughness_candidates` (then +-0.05 around the best), render this many
-    training views at half resolution (images of 128 px and more) with the same samples
-    (`roughness_search_spp`), keep the shift with the least L1. Split-sum
-    hardly sees a dielectric's roughness (0.09 dB between 0.2 and 0.8 on armadillo_field's exact asset, and
-    biased low), while Monte Carlo peaks at the truth. 0: off."""
-    roughness_search_spp: int = 4
-    """Samples per pixel and strategy of the roughness search renders."""
-    roughness_candidates: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.8)
-    """Mean roughness values the search tries first."""
-    transfer_every: int = 200
-    """Recompute the transfer every this-many steps (the vertices move)."""
-    mc_steps: int = 0
-    """The last this-many steps shade with the Monte Carlo integrator (shadow rays through the mesh BVH) instead
-    of split-sum, so that self-shadowing is explained by the geometry rather than baked into the base color
-    (nvdiffrec-mc); evaluation then uses it too. 0: split-sum throughout."""
-    mc_spp: int = 4
-    """Monte Carlo samples per pixel and strategy in the mc_steps (a new sample pattern every step)."""
-
-
-@dataclass
-class MeshPBRTrainConfig(MeshTrainConfig):
-    """Inverse rendering of a textured mesh: geometry, base color, roughness, metallic and the environment light
-    from photos under one unknown environment (split-sum shading while training)."""
-
-    max_steps: int = 2000
-    """Number of optimization steps (both stages)."""
-    relight_spp: int = 8
-    """Monte Carlo samples per sub-pixel and strategy of the relit test views that the final evaluation scores
-    (datasets with a transforms_relight.json)."""
-    eval_supersample: int = 2
-    """Evaluation renders (novel views and relit views) shade N x N sub-pixel samples resampled with Mitsuba's
-    Gaussian pixel filter, the pixel response of the synthetic sets' images (bob_field novel views: 29.0 dB at
-    1 x 1 and 16 spp, 32.2 dB at 2 x 2 and 4 spp, the same cost). Training shades pixel centers."""
-    model: MeshPBRModelConfig = field(default_factory=MeshPBRModelConfig)
-    optim: MeshPBROptimConfig = field(default_factory=MeshPBROptimConfig)
 
 
 @dataclass
@@ -485,9 +377,167 @@ class SDFTrainConfig(TrainConfigBase):
     optim: SDFOptimConfig = field(default_factory=SDFOptimConfig)
 
 
+@dataclass
+class SDFStageConfig:
+    """The neural SDF of a `model.geometry sdf` topology stage (as `recon train sdf`'s model and optim; its steps
+    are `optim.geometry_steps`)."""
+
+    model: SDFModelConfig = field(default_factory=SDFModelConfig)
+    optim: SDFOptimConfig = field(default_factory=SDFOptimConfig)
+
+
+@dataclass
+class MeshTrainConfig(TrainConfigBase):
+    """Reconstruct a textured triangle mesh from posed images (DMTet-style iso-surface, then texture)."""
+
+    max_steps: int = 1500
+    """Number of optimization steps (both stages)."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every N steps (and on SIGINT/SIGTERM and at the end)."""
+    backend: Literal["auto", "torch", "cpu", "nvdiffrast"] = "auto"
+    """Mesh raster-op backend."""
+    model: MeshModelConfig = field(default_factory=MeshModelConfig)
+    optim: MeshOptimConfig = field(default_factory=MeshOptimConfig)
+    field: SDFStageConfig = field(default_factory=SDFStageConfig)
+    """The neural SDF of the topology stage when `model.geometry` is "sdf"."""
+
+
+@dataclass
+class MeshPBRModelConfig(MeshModelConfig):
+    """The mesh-pbr scene: the mesh model plus the material textures and the learned environment light."""
+
+    texture_size: int = 512
+    """Edge of the square base-color and roughness-metallic textures of the material stage (pixels)."""
+    smooth_iterations: int = 50
+    """Taubin smoothing iterations applied to the extracted mesh before the material stage (shading reads the
+    marching-tetrahedra staircase as bumps; docs/inverse_rendering.md has the bob_field ablation)."""
+    light_height: int = 32
+    """Rows of the learned equirectangular environment map (columns: 2x)."""
+    init_light: float = 1.0
+    """Initial constant radiance of the learned light (the initial base color is divided by it; albedo and light
+    are recovered up to a common scale, which evaluation aligns)."""
+    init_albedo: Literal["constant", "stage1"] = "constant"
+    """Initial base color of the material stage: `constant`, every texel the mean stage-1 color (divided by
+    `init_light`), so the light first explains the shading (see `optim.light_warmup`); `stage1`, the stage-1
+    colors themselves, which carry the training light's shading, so the light stays flat and the base color
+    keeps the shading (armadillo_field, exact geometry: albedo 16.8 dB against 27+ with the true light)."""
+    init_roughness: float = 0.6
+    """Initial roughness of every texel."""
+    init_metallic: float = 0.05
+    """Initial metallic of every texel."""
+
+
+@dataclass
+class MeshPBROptimConfig(MeshOptimConfig):
+    """Mesh optimization (as for `mesh`) plus the material and light of the PBR stage."""
+
+    lambda_normal: float = 0.5
+    """Weight of the normal-consistency term (1 - cos between adjacent face normals). Higher than for `mesh`:
+    with shading in the loss, vertex offsets otherwise grow bumps that explain shading detail (bob_field normal
+    error 19.8 deg at 0.01, 11.8 deg at 0.1)."""
+    lambda_material_smooth: float = 0.5
+    """Weight of the total variation of the roughness-metallic texture."""
+    lr_material: float = 1e-2
+    """Adam learning rate of the roughness-metallic texels."""
+    lr_light: float = 3e-2
+    """Adam learning rate of the light's log-radiance texels."""
+    lambda_albedo_smooth: float = 0.02
+    """Weight of the total variation of the base-color texture (nvdiffrec's kd smoothness, in texture space)."""
+    light_warmup: int = 200
+    """First steps of the material stage in which base color and roughness-metallic hold still while the light
+    (and the vertices) learn: per-texel base colors adapt faster than a light can, and would otherwise absorb
+    its shading before the light has moved."""
+    lambda_shading: float = 0.0
+    """Weight of nvdiffrec-mc's monochrome shading regularizer: the luminance of the demodulated shading (the
+    render with a base color of 1) should match the brightest channel of the image, compared as
+    srgb(log(1 + x)) over the object; light and geometry explain the brightness, the base color the chroma."""
+    lambda_light_white: float = 0.01
+    """Weight of the neutral-white light prior: mean |L_c - mean_c L| / mean L over the map (nvdiffrec-mc);
+    color goes to the base color rather than being baked into the light."""
+    lambda_metallic: float = 0.01
+    """Weight of a prior pulling metallic towards 0 (dielectric), the common case the image alone cannot
+    separate from a tinted specular."""
+    shadow_samples: int = 64
+    """Self-shadowing in the split-sum steps: the per-vertex diffuse transfer (visibility times cosine in
+    spherical harmonics, recon.shading.prt) from this many shadow rays per vertex through the mesh BVH, so
+    shadows are explained by the geometry instead of painted into the base color; evaluation then uses the
+    Monte Carlo integrator. 0: unshadowed split-sum."""
+    interreflection: bool = True
+    """With self-shadowing: one bounce of diffuse interreflection in the split-sum steps, from the same rays
+    (those that hit the object carry back its direct light times its base color; recon.shading.prt.Bounce),
+    the light a path tracer at depth 3 adds and that the base color otherwise absorbs in concave places;
+    evaluation then uses the Monte Carlo integrator's indirect bounce."""
+    roughness_search: int = 4
+    """After the last step, refit the roughness as a whole under the Monte Carlo integrator: shift the
+    roughness texture to each mean of `roughness_candidates` (then +-0.05 around the best), render this many
+    training views at half resolution (images of 128 px and more) with the same samples
+    (`roughness_search_spp`), keep the shift with the least L1. Split-sum
+    hardly sees a dielectric's roughness (0.09 dB between 0.2 and 0.8 on armadillo_field's exact asset, and
+    biased low), while Monte Carlo peaks at the truth. 0: off."""
+    roughness_search_spp: int = 4
+    """Samples per pixel and strategy of the roughness search renders."""
+    roughness_candidates: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.8)
+    """Mean roughness values the search tries first."""
+    transfer_every: int = 200
+    """Recompute the transfer every this-many steps (the vertices move)."""
+    mc_steps: int = 0
+    """The last this-many steps shade with the Monte Carlo integrator (shadow rays through the mesh BVH) instead
+    of split-sum, so that self-shadowing is explained by the geometry rather than baked into the base color
+    (nvdiffrec-mc); evaluation then uses it too. 0: split-sum throughout."""
+    mc_spp: int = 4
+    """Monte Carlo samples per pixel and strategy in the mc_steps (a new sample pattern every step)."""
+
+
+@dataclass
+class MeshPBRTrainConfig(MeshTrainConfig):
+    """Inverse rendering of a textured mesh: geometry, base color, roughness, metallic and the environment light
+    from photos under one unknown environment (split-sum shading while training)."""
+
+    max_steps: int = 2000
+    """Number of optimization steps (both stages)."""
+    relight_spp: int = 8
+    """Monte Carlo samples per sub-pixel and strategy of the relit test views that the final evaluation scores
+    (datasets with a transforms_relight.json)."""
+    eval_supersample: int = 2
+    """Evaluation renders (novel views and relit views) shade N x N sub-pixel samples resampled with Mitsuba's
+    Gaussian pixel filter, the pixel response of the synthetic sets' images (bob_field novel views: 29.0 dB at
+    1 x 1 and 16 spp, 32.2 dB at 2 x 2 and 4 spp, the same cost). Training shades pixel centers."""
+    model: MeshPBRModelConfig = field(default_factory=MeshPBRModelConfig)
+    optim: MeshPBROptimConfig = field(default_factory=MeshPBROptimConfig)
+
+
+@dataclass
+class SDFPBRModelConfig(MeshPBRModelConfig):
+    """The sdf-pbr scene: the mesh-pbr model whose topology comes from a neural SDF."""
+
+    geometry: Literal["tetgrid", "sdf"] = "sdf"
+    """The first (topology) stage (see `recon train mesh-pbr`); "sdf" here."""
+
+
+@dataclass
+class SDFPBROptimConfig(MeshPBROptimConfig):
+    """mesh-pbr's optimization after an SDF stage of `geometry_steps`."""
+
+    geometry_steps: int = 1500
+    """Steps of the neural-SDF stage (NeuS volume rendering); the remaining max_steps are the material stage."""
+
+
+@dataclass
+class SDFPBRTrainConfig(MeshPBRTrainConfig):
+    """Inverse rendering with a neural SDF's geometry: a NeuS SDF fitted to the photos, its zero set extracted
+    by marching cubes, then mesh-pbr's material stage (base color, roughness, metallic textures and the
+    environment light) on that surface."""
+
+    max_steps: int = 2900
+    """Number of optimization steps (SDF stage, then material stage)."""
+    model: SDFPBRModelConfig = field(default_factory=SDFPBRModelConfig)
+    optim: SDFPBROptimConfig = field(default_factory=SDFPBROptimConfig)
+
+
 METHODS: dict[str, type] = {"gaussians": GaussianTrainConfig, "mesh": MeshTrainConfig,
                             "mesh-pbr": MeshPBRTrainConfig, "gaussians-pbr": GaussianPBRTrainConfig,
-                            "triplane": TriPlaneTrainConfig, "sdf": SDFTrainConfig}
+                            "triplane": TriPlaneTrainConfig, "sdf": SDFTrainConfig,
+                            "sdf-pbr": SDFPBRTrainConfig}
 
 # (field path, predicate, what is expected)
 _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
@@ -551,6 +601,7 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.roughness_candidates", lambda v: len(v) >= 1 and all(0 < x <= 1 for x in v),
      "a non-empty list of numbers in (0, 1]"),
     ("model.light_height", lambda v: 4 <= v <= 1024, "an integer in 4..1024"),
+    ("model.field_resolution", lambda v: 32 <= v <= 1024, "an integer in 32..1024"),
     ("model.init_light", lambda v: v > 0, "a number > 0"),
     ("model.init_roughness", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("model.init_metallic", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
@@ -569,15 +620,28 @@ def _get(cfg, dotted: str):
     return cfg
 
 
-def validate(cfg) -> None:
-    """Raise ``ValueError`` naming the first field whose value is out of range."""
+def _check_rules(cfg, prefix: str = "") -> None:
     for name, ok, expected in _RULES:
         try:
             value = _get(cfg, name)
         except AttributeError:
             continue
         if not ok(value):
-            raise ValueError(f"config field '{name}' must be {expected}, got {value!r}")
+            raise ValueError(f"config field '{prefix}{name}' must be {expected}, got {value!r}")
+
+
+def validate(cfg) -> None:
+    """Raise ``ValueError`` naming the first field whose value is out of range (the nested `field` section of a
+    mesh config is checked by the same rules as `recon train sdf`'s)."""
+    _check_rules(cfg)
+    section = getattr(cfg, "field", None)
+    if dataclasses.is_dataclass(section):
+        _check_rules(section, "field.")
+    model = getattr(cfg, "model", None)
+    if (getattr(model, "geometry", None) == "sdf" and model.init_mesh is None
+            and cfg.optim.geometry_steps == 0):
+        raise ValueError("config field 'model.geometry' is 'sdf' but optim.geometry_steps is 0: the SDF stage needs "
+                         "steps (or give model.init_mesh)")
     init_mesh = getattr(getattr(cfg, "model", None), "init_mesh", None)
     if init_mesh is not None and not Path(init_mesh).is_file():
         raise ValueError(f"config field 'model.init_mesh' must be an existing mesh file, got {init_mesh!r}")

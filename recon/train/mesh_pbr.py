@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from recon.renderers import RenderSettings, ShadingSettings
+from recon.renderers import FieldSettings, RenderSettings, ShadingSettings
 from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
 from recon.scenes.lit import LitScene
 from recon.scenes.mesh import MeshMaterial, MeshScene
@@ -34,7 +34,7 @@ from recon.shading.envmap import EnvLight
 from recon.shading.prt import TRANSFER_CHANNELS
 from recon.train.mesh import GEOMETRY, MeshMethod
 
-__all__ = ["MeshPBRMethod", "explains_interreflection", "explains_shadows", "light_white_prior",
+__all__ = ["MeshPBRMethod", "SDFPBRMethod", "explains_interreflection", "explains_shadows", "light_white_prior",
            "monochrome_shading_loss", "search_roughness", "total_variation"]
 
 
@@ -149,7 +149,8 @@ class MeshPBRMethod(MeshMethod):
         shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss,
                                    indirect=explains_interreflection(self.cfg))
                    if explains_shadows(self.cfg) else ShadingSettings(integrator="splitsum", supersample=ss))
-        return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading)
+        return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading,
+                              fields=FieldSettings(method="sphere"))  # an SDF topology stage (sdf-pbr)
 
     # --- material stage state ------------------------------------------------------------------------------
     def _start_texture_stage(self) -> None:
@@ -395,3 +396,10 @@ class MeshPBRMethod(MeshMethod):
         if isinstance(scene, LitScene):
             export_scene(scene, "hdr", self.run_dir / "exports" / "light.hdr")
         return export_scene(scene, "glb", self.run_dir / "exports" / "mesh.glb")
+
+
+class SDFPBRMethod(MeshPBRMethod):
+    """``recon train sdf-pbr``: mesh-pbr whose topology stage is a neural SDF (``model.geometry sdf``): NeuS
+    volume rendering for ``optim.geometry_steps``, marching cubes of its zero set, then the material stage."""
+
+    name = "sdf-pbr"

@@ -131,15 +131,15 @@ class Method:
 
 def build_method(name: str, loop) -> Method:
     """The :class:`Method` registered as ``name`` (``gaussians``, ``gaussians-pbr``, ``mesh``, ``mesh-pbr``,
-    ``triplane``, ``sdf``), bound to ``loop``."""
+    ``sdf-pbr``, ``triplane``, ``sdf``), bound to ``loop``."""
     from recon.train.gaussians import GaussianMethod
     from recon.train.gaussians_pbr import GaussianPBRMethod
     from recon.train.mesh import MeshMethod
-    from recon.train.mesh_pbr import MeshPBRMethod
+    from recon.train.mesh_pbr import MeshPBRMethod, SDFPBRMethod
     from recon.train.sdf import SDFMethod
     from recon.train.triplane import TriPlaneMethod
 
-    methods = (GaussianMethod, GaussianPBRMethod, MeshMethod, MeshPBRMethod, TriPlaneMethod, SDFMethod)
+    methods = (GaussianMethod, GaussianPBRMethod, MeshMethod, MeshPBRMethod, SDFPBRMethod, TriPlaneMethod, SDFMethod)
     classes = {c.name: c for c in methods}
     if name not in classes:
         raise ValueError(f"unknown training method {name!r}; expected one of {sorted(classes)}")
