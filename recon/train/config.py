@@ -518,8 +518,9 @@ class SDFPBRModelConfig(MeshPBRModelConfig):
 class SDFPBROptimConfig(MeshPBROptimConfig):
     """mesh-pbr's optimization after an SDF stage of `geometry_steps`."""
 
-    geometry_steps: int = 1500
-    """Steps of the neural-SDF stage (NeuS volume rendering); the remaining max_steps are the material stage."""
+    geometry_steps: int = 2000
+    """Steps of the neural-SDF stage (NeuS volume rendering); the remaining max_steps are the material stage
+    (1500 left armadillo_field's SDF at 28.6 dB, docs/inverse_rendering.md)."""
 
 
 @dataclass
@@ -528,7 +529,7 @@ class SDFPBRTrainConfig(MeshPBRTrainConfig):
     by marching cubes, then mesh-pbr's material stage (base color, roughness, metallic textures and the
     environment light) on that surface."""
 
-    max_steps: int = 2900
+    max_steps: int = 3200
     """Number of optimization steps (SDF stage, then material stage)."""
     model: SDFPBRModelConfig = field(default_factory=SDFPBRModelConfig)
     optim: SDFPBROptimConfig = field(default_factory=SDFPBROptimConfig)

@@ -429,8 +429,8 @@ class MeshMethod(Method):
         try:
             mesh = field_to_mesh(field, opts, self.data.train.cameras, source="the SDF stage")
         except ValueError as err:
-            raise TrainingError(f"{err}; the SDF stage found no surface (check the masks, or give it more "
-                                "optim.geometry_steps)") from err
+            raise TrainingError(f"{err} (at the end of the SDF stage: check the masks, give it more "
+                                "optim.geometry_steps, or lower model.field_resolution)") from err
         self.field_stage = None
         colors = mesh.vertex_colors if mesh.vertex_colors is not None else torch.full_like(mesh.vertices, 0.5)
         return mesh.vertices.detach().float().cpu(), mesh.faces.long().cpu(), colors.detach().float().cpu()
