@@ -16,8 +16,8 @@ from recon.train.config import METHODS, load_config_file, validate
 
 USAGE = """usage: recon {train,eval,render,relight,export} ...
 
-  recon train [gaussians|gaussians-pbr|mesh|mesh-pbr|triplane|sdf] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
-  recon train mesh --init-from FIELD_RUN [options]     (refine the surface of a triplane / sdf run)
+  recon train [gaussians|gaussians-pbr|mesh|mesh-pbr|sdf-pbr|triplane|sdf] [--config PRESET.yaml] [--resume RUN] [--data DIR] [options]
+  recon train mesh|mesh-pbr --init-from FIELD_RUN [options]     (refine the surface of a triplane / sdf run)
   recon eval RUN | --scene FILE --data DIR
   recon render RUN [--split test] [--path test|orbit] [--channels rgb,depth,alpha] [--out DIR]
   recon render --scene FILE.{ply,obj,glb} --data DIR [--split test] [--out DIR]

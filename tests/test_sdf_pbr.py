@@ -23,7 +23,7 @@ TINY = ["--downscale", "4", "--max-steps", "80", "--optim.geometry-steps", "60",
         "--field.model.resolutions", "16", "32", "--field.model.samples", "32", "--field.optim.rays-per-step", "512",
         "--model.field-resolution", "48", "--model.texture-size", "64", "--model.light-height", "8",
         "--relight-spp", "2", "--no-progress", "--checkpoint-every", "60", "--optim.transfer-every", "10",
-        "--optim.light-warmup", "4", "--eval-every", "40"]
+        "--optim.light-warmup", "4", "--eval-every", "40", "--log-every", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,11 @@ def test_sdf_pbr_run_trains_the_sdf_then_the_material_stage(sdf_pbr_run):
     assert cfg.field.model.resolutions == (16, 32)
     lines = [json.loads(x) for x in (sdf_pbr_run / "metrics.jsonl").read_text().splitlines()]
     # The SDF stage logs NeuS's statistics; the evaluation at step 40 rendered the field (sphere tracing).
-    assert all("inv_s" in x for x in lines if "loss" in x and x["step"] <= 60)
-    assert all("num_faces" in x and "inv_s" not in x for x in lines if "loss" in x and x["step"] > 60)
+    sdf_steps = [x for x in lines if "loss" in x and x["step"] <= 60]
+    material_steps = [x for x in lines if "loss" in x and x["step"] > 60]
+    assert len(sdf_steps) == 6 and len(material_steps) == 2
+    assert all("inv_s" in x for x in sdf_steps)
+    assert all("num_faces" in x and "inv_s" not in x for x in material_steps)
     evals = {x["step"]: x for x in lines if "eval_psnr" in x}
     assert set(evals) == {40}
     assert evals[40]["eval_psnr"] > 14.0, evals
@@ -122,9 +125,10 @@ def test_sdf_pbr_resumes_across_the_stage_change(sdf_pbr_run, tmp_path):
         _close(got[key], want[key], key, atol=1e-5)
 
 
-def test_mesh_run_ending_in_its_sdf_stage_exports_the_field(bob, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["mesh", "sdf-pbr"])
+def test_run_ending_in_its_sdf_stage_exports_the_field(bob, tmp_path, capsys, method):
     run = tmp_path / "run"
-    args = ["train", "mesh", "--data", str(bob), "--output", str(run), "--downscale", "4", "--max-steps", "6",
+    args = ["train", method, "--data", str(bob), "--output", str(run), "--downscale", "4", "--max-steps", "6",
             "--model.geometry", "sdf", "--optim.geometry-steps", "6", "--field.model.resolutions", "16",
             "--field.model.samples", "16", "--field.optim.rays-per-step", "64", "--no-progress"]
     assert main(args) == 0

@@ -329,6 +329,10 @@ class MeshMethod(Method):
     def setup(self, state: dict | None, source: str) -> None:
         self._last_faces = 0  # faces of the latest marching-tets mesh (for logs)
         self.field_stage = None
+        if self.cfg.model.geometry == "sdf":
+            # As the SDF trainer does (recon/train/triplane.py), and in every stage, so that a run resumed in its
+            # material stage computes as the uninterrupted one did.
+            torch.set_flush_denormal(True)
         if state is None:
             o = self.cfg.optim
             if 0 < o.geometry_steps and self.cfg.max_steps <= o.geometry_steps:

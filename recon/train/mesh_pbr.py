@@ -392,6 +392,8 @@ class MeshPBRMethod(MeshMethod):
     def export(self) -> Path:
         from recon.export.scenes import export_scene
 
+        if self._sdf_stage:  # the run ended in its SDF stage: exports/field.pt
+            return super().export()
         scene = self.eval_scene().cpu()
         if isinstance(scene, LitScene):
             export_scene(scene, "hdr", self.run_dir / "exports" / "light.hdr")
