@@ -392,10 +392,12 @@ class MeshMethod(Method):
     def _start_texture_stage(self) -> None:
         """Extract the surface once, clean it, UV-map it and bake the stage-1 colors into the texture."""
         m = self.cfg.model
+        cleaned = False
         if m.init_mesh is not None:
             verts, faces, colors = _load_init_mesh(m.init_mesh)
-        elif self.field_stage is not None:
+        elif self.field_stage is not None:  # already cleaned by field_to_mesh (components, unseen regions)
             verts, faces, colors = self._field_surface()
+            cleaned = True
         else:
             with torch.no_grad():
                 verts, faces, colors = self.grid.extract()
@@ -403,9 +405,9 @@ class MeshMethod(Method):
             raise TrainingError(f"the {'mesh of model.init_mesh' if m.init_mesh else 'iso-surface'} is empty: "
                                 "nothing to texture (check the masks / model.init)")
         # A given mesh keeps all its parts; an iso-surface loses its floaters.
-        min_faces = 0 if m.init_mesh is not None else m.min_component_faces
+        min_faces = 0 if m.init_mesh is not None or cleaned else m.min_component_faces
         verts, faces_c, kept = keep_large_components(verts.cpu(), faces.cpu(), min_faces)
-        if m.cull_hidden:
+        if m.cull_hidden and not cleaned:
             # Faces no training camera sees (walls of pockets inside the object that the photometric loss never
             # reaches) only add error: bob_field's stage-1 surface had 24 % of them in regions of 20 faces or
             # more (bench/train.py chamfer 0.0124 -> 0.0092, docs/mesh.md).
@@ -431,7 +433,8 @@ class MeshMethod(Method):
         field = self.field_stage.field
         opts = FieldMeshOptions(resolution=self.cfg.model.field_resolution)
         try:
-            mesh = field_to_mesh(field, opts, self.data.train.cameras, source="the SDF stage")
+            cams = self.data.train.cameras if self.cfg.model.cull_hidden else None  # None: no culling
+            mesh = field_to_mesh(field, opts, cams, source="the SDF stage")
         except ValueError as err:
             raise TrainingError(f"{err} (at the end of the SDF stage: check the masks, give it more "
                                 "optim.geometry_steps, or lower model.field_resolution)") from err
