@@ -196,6 +196,7 @@ def cmd_train(args: list[str]) -> int:
 
     # Store an absolute dataset path so that eval/render/resume work from any directory.
     cfg = replace(cfg, data=resolve_data_path(cfg.data).resolve())
+    cfg = _check_model_files(cfg, fresh=resume is None)
     run_dir = cfg.output or default_run_dir(method, cfg.data)
     if init_from is not None:
         cfg = _init_from_field(cfg, method, Path(init_from), Path(run_dir), resume is not None)
@@ -205,6 +206,28 @@ def cmd_train(args: list[str]) -> int:
           f"{describe_scene(trainer.scene)}, {summary['train_seconds']:.0f} s training")
     print(f"recon: exported {summary['export']}")
     return 0
+
+
+def _check_model_files(cfg, fresh: bool):
+    """``model.init_mesh`` / ``model.envmap`` stored as absolute paths (eval, render and resume work from any
+    directory); a fresh run reads the env map now rather than fail after its geometry stage."""
+    model = getattr(cfg, "model", None)
+    changes = {k: str(Path(getattr(model, k)).resolve()) for k in ("init_mesh", "envmap")
+               if getattr(model, k, None) is not None}
+    if not changes:
+        return cfg
+    envmap = changes.get("envmap")
+    if envmap is not None and fresh:
+        from recon.shading.envmap import read_envmap
+
+        if not Path(envmap).is_file():
+            raise ValueError(f"config field 'model.envmap' must be an existing .hdr or .exr file, got "
+                             f"{model.envmap!r}")
+        try:
+            read_envmap(envmap)
+        except ValueError as err:
+            raise ValueError(f"config field 'model.envmap': {err}") from err
+    return replace(cfg, model=replace(model, **changes))
 
 
 def _init_from_field(cfg, method: str, field_run: Path, run_dir: Path, resume: bool):

@@ -39,6 +39,8 @@ PROTOCOL = {
     "averaging": "every metric is computed per test view, then averaged over views (views without foreground "
                  "pixels are left out of foreground means); PSNR capped at 100 dB (MSE floored at 1e-10)",
     "mask": "foreground = pixels whose ground-truth albedo alpha is 1 (pixel-center ray hits the object)",
+    "gbuffers": "predicted albedo / roughness / metallic / normals are point samples at the pixel centers, textures "
+                "looked up bilinearly without mip-mapping (since 2026-12-07; before, through the mip chain)",
     "foreground": "metrics without suffix: PSNR from the MSE over foreground pixels (all channels); SSIM = mean of "
                   "the SSIM map (11x11 Gaussian, sigma 1.5, zero padding) of the full-image pair over foreground "
                   "pixels",

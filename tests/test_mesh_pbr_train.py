@@ -265,6 +265,56 @@ def test_light_warmup_holds_the_base_color_and_material(bob, tmp_path):
     assert float((after["material"] - warm["material"]).abs().max()) > 0.001
 
 
+def test_known_light_from_a_file(bob, tmp_path, capsys, monkeypatch):
+    """`model.envmap` starts the light from an HDR file (resampled to `model.light_height` rows) and, with
+    `optim.lr_light 0`, keeps it: inverse rendering under a known light (the light warm-up is skipped). The base
+    color starts at the mean initial color over the map's mean radiance, as a constant light of that radiance
+    would start it; the path is stored absolute, and a missing or unreadable map stops training at once."""
+    from recon.shading.envmap import EnvLight
+
+    env = bob / "envmaps" / "field.hdr"
+    base = ["train", "mesh-pbr", "--data", str(bob), *TINY, "--optim.geometry-steps", "0",
+            "--model.init-mesh", str(bob / "gt_asset.glb"), "--model.no-cull-hidden", "--max-steps", "4",
+            "--optim.light-warmup", "3", "--model.init-albedo", "constant", "--optim.roughness-search", "0",
+            "--checkpoint-every", "2"]
+    monkeypatch.chdir(bob)
+    assert main([*base, "--output", str(tmp_path / "run"), "--model.envmap", "envmaps/field.hdr",
+                 "--optim.lr-light", "0"]) == 0
+    expected = EnvLight.from_file(env).resized(8)
+    first = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002.pt")["model"]
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000004.pt")["model"]
+    for st in (first, last):
+        torch.testing.assert_close(st["light"]["tensors"]["log_radiance"], expected.log_radiance.detach(),
+                                   rtol=0, atol=1e-6)
+    # No warm-up under a fixed light: the base color learns from the first step.
+    assert float((first["texture"] - first["texture"][:1, :1]).abs().max()) > 1e-3
+    assert float((last["texture"] - first["texture"]).abs().max()) > 1e-3
+    from recon.train.config import load_config_file
+
+    _, cfg = load_config_file(tmp_path / "run" / "config.yaml")
+    assert cfg.model.envmap == str(env.resolve())
+    # The start: with the light learning and a warm-up, the base color holds still for 3 steps, so step 2 shows
+    # it; a constant light of the map's mean radiance starts from the same base color.
+    mean = float(expected.radiance().detach().mean())
+    runs = {}
+    for name, extra in (("file", ["--model.envmap", str(env)]), ("constant", ["--model.init-light", str(mean)])):
+        assert main([*base, "--output", str(tmp_path / name), "--max-steps", "2", *extra]) == 0
+        runs[name] = load_checkpoint(tmp_path / name / "checkpoints" / "step-0000002.pt")["model"]["texture"]
+    torch.testing.assert_close(runs["file"], runs["constant"], rtol=0, atol=1e-6)
+    assert float(runs["file"].mean()) > 0.02  # not clamped away
+    capsys.readouterr()
+    bad = [*base, "--output", str(tmp_path / "bad"), "--model.envmap", str(tmp_path / "missing.hdr")]
+    assert main(bad) == 1
+    err = capsys.readouterr().err
+    assert "'model.envmap' must be an existing .hdr or .exr file" in err and "missing.hdr" in err, err
+    corrupt = tmp_path / "corrupt.hdr"
+    corrupt.write_bytes(b"not a radiance file")
+    bad[-1] = str(corrupt)
+    assert main(bad) == 1  # refused before any training step
+    err = capsys.readouterr().err
+    assert "model.envmap" in err and "corrupt.hdr" in err and not (tmp_path / "bad" / "checkpoints").exists(), err
+
+
 @pytest.mark.parametrize("integrator", ["splitsum", "mc"])
 def test_demodulated_shading_channel(integrator):
     """The "shading" channel is the shading of a base color of 1: it does not depend on the base color, and for

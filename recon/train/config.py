@@ -416,6 +416,12 @@ class MeshPBRModelConfig(MeshModelConfig):
     init_light: float = 1.0
     """Initial constant radiance of the learned light (the initial base color is divided by it; albedo and light
     are recovered up to a common scale, which evaluation aligns)."""
+    envmap: str | None = None
+    """An `.hdr` / `.exr` environment map in the dataset's convention to start the light from instead of a
+    constant (resampled to `light_height` rows); with `--optim.lr-light 0` it stays fixed (and the light warm-up
+    is skipped): inverse rendering under a known light, e.g. a measured light probe (nvdiffrec's `envmap` with
+    `learn_light` off). The initial base color is then divided by the map's mean radiance instead of
+    `init_light`. Read when the material stage starts; `recon train` checks it first and stores it absolute."""
     init_albedo: Literal["constant", "stage1"] = "constant"
     """Initial base color of the material stage: `constant`, every texel the mean stage-1 color (divided by
     `init_light`), so the light first explains the shading (see `optim.light_warmup`); `stage1`, the stage-1
@@ -446,7 +452,7 @@ class MeshPBROptimConfig(MeshOptimConfig):
     light_warmup: int = 200
     """First steps of the material stage in which base color and roughness-metallic hold still while the light
     (and the vertices) learn: per-texel base colors adapt faster than a light can, and would otherwise absorb
-    its shading before the light has moved."""
+    its shading before the light has moved. Skipped when `lr_light` is 0 (a known light, `model.envmap`)."""
     lambda_shading: float = 0.0
     """Weight of nvdiffrec-mc's monochrome shading regularizer: the luminance of the demodulated shading (the
     render with a base color of 1) should match the brightest channel of the image, compared as

@@ -156,14 +156,19 @@ class MeshPBRMethod(MeshMethod):
     def _start_texture_stage(self) -> None:
         super()._start_texture_stage()
         m = self.cfg.model
+        if m.envmap is not None:  # a known (or initial) light from a file (model.envmap)
+            light = EnvLight.from_file(m.envmap).resized(m.light_height, learnable=True)
+            scale = float(light.radiance().detach().mean())
+        else:
+            light = EnvLight.constant(m.init_light, height=m.light_height, learnable=True)
+            scale = m.init_light
         with torch.no_grad():
             if m.init_albedo == "constant":  # the mean stage-1 color: shading left for the light to explain
                 self.texture.copy_(self.texture.mean((0, 1), keepdim=True).expand_as(self.texture))
-            self.texture.div_(m.init_light).clamp_(0, 1)
+            self.texture.div_(scale).clamp_(0, 1)
         size = self.texture.shape[0]
         rm = torch.tensor([m.init_roughness, m.init_metallic], device=self.device).expand(size, size, 2)
         self.material = torch.nn.Parameter(rm.contiguous().clone())
-        light = EnvLight.constant(m.init_light, height=m.light_height, learnable=True)
         self.light = light.to(self.device)
         self.transfer = self.bounce = None
         self._update_transfer()
@@ -269,7 +274,8 @@ class MeshPBRMethod(MeshMethod):
 
     def _decay_lr(self) -> None:
         super()._decay_lr()
-        if self.step_index - self.cfg.optim.geometry_steps <= self.cfg.optim.light_warmup:
+        o = self.cfg.optim
+        if o.lr_light > 0 and self.step_index - o.geometry_steps <= o.light_warmup:
             # Light warm-up (optim.light_warmup): base color and roughness-metallic hold still while the light
             # (and the vertices, which need these high-rate steps: docs/inverse_rendering.md) learn. A function
             # of the step, so a resumed run gets the same rates.
