@@ -197,8 +197,10 @@ def test_shade_mc_gradients_agree_between_backends():
         out = shade_mc(GBuffer(**{**gb.__dict__, **leaves}), light, st, tracer, backend=backend)
         cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
         grads[backend] = torch.autograd.grad((out * cot).sum(), [*leaves.values(), light.log_radiance])
+    # rtol 1e-3, the bound for twin VJPs: a sample near grazing (normal gradients up to 4e5) amplifies
+    # float32 rounding, and on an AMD EPYC one roughness entry of 40 differed by 3.7e-4 relative (2026-12-07).
     for name, got, want in zip((*names, "log_radiance"), grads["cpu"], grads["torch"]):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()), msg=name)
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()), msg=name)
 
 
 def test_shade_mc_cpu_is_deterministic_across_thread_counts():
