@@ -220,11 +220,11 @@ def _check_model_files(cfg, fresh: bool):
     if envmap is not None and fresh:
         from recon.shading.envmap import read_envmap
 
-        if not Path(envmap).is_file():
-            raise ValueError(f"config field 'model.envmap' must be an existing .hdr or .exr file, got "
-                             f"{model.envmap!r}")
         try:
             read_envmap(envmap)
+        except FileNotFoundError as err:
+            raise ValueError(f"config field 'model.envmap' must be an existing .hdr or .exr file, got "
+                             f"{model.envmap!r}") from err
         except ValueError as err:
             raise ValueError(f"config field 'model.envmap': {err}") from err
     return replace(cfg, model=replace(model, **changes))

@@ -268,7 +268,7 @@ def test_light_warmup_holds_the_base_color_and_material(bob, tmp_path):
 def test_known_light_from_a_file(bob, tmp_path, capsys, monkeypatch):
     """`model.envmap` starts the light from an HDR file (resampled to `model.light_height` rows) and, with
     `optim.lr_light 0`, keeps it: inverse rendering under a known light (the light warm-up is skipped). The base
-    color starts at the mean initial color over the map's mean radiance, as a constant light of that radiance
+    color starts at the mean initial color over the map's mean luminance, as a constant light of that radiance
     would start it; the path is stored absolute, and a missing or unreadable map stops training at once."""
     from recon.shading.envmap import EnvLight
 
@@ -294,8 +294,8 @@ def test_known_light_from_a_file(bob, tmp_path, capsys, monkeypatch):
     _, cfg = load_config_file(tmp_path / "run" / "config.yaml")
     assert cfg.model.envmap == str(env.resolve())
     # The start: with the light learning and a warm-up, the base color holds still for 3 steps, so step 2 shows
-    # it; a constant light of the map's mean radiance starts from the same base color.
-    mean = float(expected.radiance().detach().mean())
+    # it; a constant light of the map's mean luminance starts from the same base color.
+    mean = expected.mean_luminance()
     runs = {}
     for name, extra in (("file", ["--model.envmap", str(env)]), ("constant", ["--model.init-light", str(mean)])):
         assert main([*base, "--output", str(tmp_path / name), "--max-steps", "2", *extra]) == 0

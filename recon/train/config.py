@@ -420,7 +420,7 @@ class MeshPBRModelConfig(MeshModelConfig):
     """An `.hdr` / `.exr` environment map in the dataset's convention to start the light from instead of a
     constant (resampled to `light_height` rows); with `--optim.lr-light 0` it stays fixed (and the light warm-up
     is skipped): inverse rendering under a known light, e.g. a measured light probe (nvdiffrec's `envmap` with
-    `learn_light` off). The initial base color is then divided by the map's mean radiance instead of
+    `learn_light` off). The initial base color is then divided by the map's mean luminance instead of
     `init_light`. Read when the material stage starts; `recon train` checks it first and stores it absolute."""
     init_albedo: Literal["constant", "stage1"] = "constant"
     """Initial base color of the material stage: `constant`, every texel the mean stage-1 color (divided by

@@ -158,7 +158,7 @@ class MeshPBRMethod(MeshMethod):
         m = self.cfg.model
         if m.envmap is not None:  # a known (or initial) light from a file (model.envmap)
             light = EnvLight.from_file(m.envmap).resized(m.light_height, learnable=True)
-            scale = float(light.radiance().detach().mean())
+            scale = light.mean_luminance()
         else:
             light = EnvLight.constant(m.init_light, height=m.light_height, learnable=True)
             scale = m.init_light
