@@ -9,7 +9,9 @@ shared datasets. Extra `recon train` options after `--` are passed to every run 
 Mesh and SDF runs also report the chamfer-L1 of the reconstructed mesh (an SDF's: `recon export RUN --format ply
 --resolution 512`, timed apart from training) to the dataset's ground-truth `mesh.ply` (100k
 samples per surface, mean of both directions, both meshes scaled so that the ground truth's bounding sphere about
-the origin has radius 1).
+the origin has radius 1). An SDF's exported mesh also reports its connected components (by shared edges) and the
+largest one's share of the faces; on a set without a ground-truth surface (fox) that share is the mesh check
+(>= 0.9: one main component).
 """
 
 from __future__ import annotations
@@ -29,9 +31,25 @@ SHARED = {"bob_field": "synthetic/bob_field", "armadillo_field": "synthetic/arma
 TARGETS = {("gaussians", "sample"): (25.0, 300, None), ("gaussians", "bob_field"): (33.0, 600, 4096),
            ("gaussians", "fox"): (25.0, 900, None), ("mesh", "armadillo_field"): (30.0, 1200, None),
            ("triplane", "bob_field"): (31.0, 1800, 4096), ("triplane", "armadillo_field"): (31.0, 1800, 4096),
-           ("sdf", "bob_field"): (30.0, 1800, 4096), ("sdf", "armadillo_field"): (30.0, 1800, 4096)}
+           ("sdf", "bob_field"): (30.0, 1800, 4096), ("sdf", "armadillo_field"): (30.0, 1800, 4096),
+           ("sdf", "fox"): (22.0, 1800, 4096)}
 MAX_CHAMFER = {("mesh", "armadillo_field"): 0.01, ("sdf", "armadillo_field"): 0.006, ("sdf", "bob_field"): 0.008}
 FIELD_MESH_RESOLUTION = 512
+MIN_MAIN_COMPONENT = 0.9  # "a mesh that has one main component" (issue 10, fox): its share of the faces
+
+
+def mesh_components(path: Path) -> dict:
+    """Connected components (by shared edges) of a mesh file: count, and the largest one's share of faces."""
+    import numpy as np
+    import trimesh
+
+    mesh = trimesh.load(path, process=False, force="mesh")
+    if len(mesh.faces) == 0:
+        return {"components": 0, "largest_share": 0.0, "faces": 0}
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    sizes = np.bincount(labels)
+    return {"components": int(len(sizes)), "largest_share": round(float(sizes.max() / sizes.sum()), 4),
+            "faces": int(len(mesh.faces))}
 
 
 def mesh_chamfer(run_dir: Path, gt_path: Path, mesh_path: Path | None = None) -> dict:
@@ -86,22 +104,27 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
               "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": " ".join(cmd), "curve": curve}
     ok_chamfer = True
-    if method in ("mesh", "sdf") and scene in SHARED and (data_root / SHARED[scene] / "mesh.ply").is_file():
-        mesh_path = None
-        if method == "sdf":  # the field's mesh: recon export (marching cubes, cleaned with the training cameras)
-            mesh_path = run_dir / "exports" / "mesh.ply"
-            export = [sys.executable, "-m", "recon.cli", "export", str(run_dir), "--format", "ply", "--out",
-                      str(mesh_path), "--resolution", str(FIELD_MESH_RESOLUTION)]
-            t0 = time.time()
-            exported = subprocess.run(export, cwd=REPO).returncode == 0
-            result["export_seconds"] = round(time.time() - t0, 1)
-            result["export_command"] = " ".join(export)
-            if not exported:  # keep this scene's training figures and go on with the others
-                result["export_failed"] = True
-                ok_chamfer = False
-        if "export_failed" not in result:
-            result["chamfer"] = mesh_chamfer(run_dir, data_root / SHARED[scene] / "mesh.ply", mesh_path)
-        if (method, scene) in MAX_CHAMFER and "chamfer" in result:
+    has_gt = scene in SHARED and (data_root / SHARED[scene] / "mesh.ply").is_file()
+    mesh_path = None
+    if method == "sdf":  # the field's mesh: recon export (marching cubes, cleaned with the training cameras)
+        mesh_path = run_dir / "exports" / "mesh.ply"
+        export = [sys.executable, "-m", "recon.cli", "export", str(run_dir), "--format", "ply", "--out",
+                  str(mesh_path), "--resolution", str(FIELD_MESH_RESOLUTION)]
+        t0 = time.time()
+        exported = subprocess.run(export, cwd=REPO).returncode == 0
+        result["export_seconds"] = round(time.time() - t0, 1)
+        result["export_command"] = " ".join(export)
+        if exported:
+            result["mesh"] = mesh_components(mesh_path)
+            if not has_gt:  # no ground-truth surface (fox): the mesh should be one main component
+                ok_chamfer = result["mesh"]["largest_share"] >= MIN_MAIN_COMPONENT
+                result["min_main_component"] = MIN_MAIN_COMPONENT
+        else:  # keep this scene's training figures and go on with the others
+            result["export_failed"] = True
+            ok_chamfer = False
+    if method in ("mesh", "sdf") and has_gt and "export_failed" not in result:
+        result["chamfer"] = mesh_chamfer(run_dir, data_root / SHARED[scene] / "mesh.ply", mesh_path)
+        if (method, scene) in MAX_CHAMFER:
             result["max_chamfer"] = MAX_CHAMFER[(method, scene)]
             ok_chamfer = result["chamfer"]["chamfer"] <= MAX_CHAMFER[(method, scene)]
     if (method, scene) in TARGETS:
@@ -110,6 +133,9 @@ def run_scene(method: str, scene: str, out_root: Path, eval_every: int, extra: l
         result["meets_target"] = bool(summary["psnr"] >= min_psnr and wall <= max_s and ok_chamfer
                                       and (max_mb is None or result["peak_rss_mb"] <= max_mb))
     extra_txt = f", chamfer-L1 {result['chamfer']['chamfer']:.4f}" if "chamfer" in result else ""
+    if "mesh" in result:
+        extra_txt += (f", mesh {result['mesh']['components']} components (largest "
+                      f"{100 * result['mesh']['largest_share']:.1f} % of {result['mesh']['faces']} faces)")
     print(f"bench: {method} {scene}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, {size}{extra_txt}, "
           f"train {result['train_seconds']:.0f} s (wall {wall:.0f} s), peak RSS {result['peak_rss_mb']:.0f} MB",
           flush=True)

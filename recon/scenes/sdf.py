@@ -56,6 +56,7 @@ class NeuralSDF(nn.Module):
             raise ValueError(f"init_radius must be in (0, 1), got {init_radius}")
         self.init_radius, self.grid_samples = float(init_radius), int(grid_samples)
         self.register_buffer("occupancy", torch.zeros(0, 0, 0, dtype=torch.bool))
+        self.register_module("background", None)  # a recon.scenes.background.Background (set_background)
         g = torch.Generator().manual_seed(seed)
         self.planes = nn.ParameterList(
             [nn.Parameter(torch.randn(3, channels, r, r, generator=g) * 0.1) for r in self.resolutions])
@@ -125,10 +126,19 @@ class NeuralSDF(nn.Module):
         """NeuS's inverse standard deviation ``exp(10 variance)`` (sharpness of the surface's density)."""
         return torch.exp(10 * self.variance).clamp(1e-6, 1e6)
 
+    def set_background(self, background) -> None:
+        """Attach a :class:`~recon.scenes.background.Background` (what lies outside the box; the renderers
+        composite it behind the box's samples), or None."""
+        self.background = background
+
     # --- optimization ------------------------------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[Tensor]]:
-        return {"planes": list(self.planes),
-                "mlp": list(self.sdf_net.parameters()) + list(self.color_net.parameters()) + [self.variance]}
+        groups = {"planes": list(self.planes),
+                  "mlp": list(self.sdf_net.parameters()) + list(self.color_net.parameters()) + [self.variance]}
+        if self.background is not None:
+            for name, params in self.background.param_groups().items():
+                groups[name] = groups[name] + params
+        return groups
 
     @property
     def num_params(self) -> int:
@@ -138,7 +148,8 @@ class NeuralSDF(nn.Module):
     def header(self) -> str:
         return json.dumps({"kind": KIND, "version": VERSION, "resolutions": list(self.resolutions),
                            "channels": self.channels, "hidden": self.hidden, "samples": self.samples,
-                           "init_radius": self.init_radius, "grid_samples": self.grid_samples})
+                           "init_radius": self.init_radius, "grid_samples": self.grid_samples,
+                           "background": None if self.background is None else self.background.config()})
 
     def to_state(self) -> dict:
         """``{"header": json str, "tensors": {name: cpu tensor}}`` (tensors only: loads with weights_only)."""
@@ -155,6 +166,10 @@ class NeuralSDF(nn.Module):
                         header["hidden"], samples=header["samples"], init_radius=header["init_radius"],
                         grid_samples=header.get("grid_samples", 256))
             field.occupancy = torch.zeros_like(tensors["occupancy"], dtype=torch.bool)  # its grid's size
+            if header.get("background") is not None:
+                from recon.scenes.background import Background
+
+                field.set_background(Background.from_config(header["background"], source))
             return field
 
         return restore(build, tensors, source, "neural SDF")

@@ -343,6 +343,17 @@ class SDFModelConfig:
     """Cells per side of the occupancy grid that skips empty space once it starts (0: no grid; e.g. 64)."""
     grid_samples: int = 256
     """Candidate intervals per ray once the grid is on (only those in occupied cells are evaluated)."""
+    background: Literal["auto", "field", "none"] = "auto"
+    """What lies outside the box: `field`, a tri-plane radiance field over mip-NeRF 360's contracted space
+    (recon/scenes/background.py), composited behind the box's samples (NeRF++ / NeuS's outside model) for photos
+    of a scene; `none`, nothing (the images' background color); `auto`: `field` unless the images carry
+    coverage alpha (object datasets, which the mask loss fits instead)."""
+    background_resolutions: tuple[int, ...] = (64, 128, 256)
+    """Plane edge (texels) of each level of the background field."""
+    background_channels: int = 8
+    """Features per plane and level of the background field."""
+    background_samples: int = 32
+    """Intervals per ray through the background (linear near it, uniform in inverse distance far)."""
 
 
 @dataclass
@@ -580,6 +591,10 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("model.channels", lambda v: v >= 1, "an integer >= 1"),
     ("model.hidden", lambda v: v >= 1, "an integer >= 1"),
     ("model.samples", lambda v: v >= 1, "an integer >= 1"),
+    ("model.background_samples", lambda v: v >= 1, "an integer >= 1"),
+    ("model.background_channels", lambda v: v >= 1, "an integer >= 1"),
+    ("model.background_resolutions", lambda v: len(v) >= 1 and all(r >= 2 for r in v),
+     "a non-empty list of integers >= 2"),
     ("optim.rays_per_step", lambda v: v >= 8 and v % 8 == 0, "a multiple of 8 (rays from 8 views per step)"),
     ("optim.lr_planes", lambda v: v > 0, "a positive number"),
     ("optim.lr_mlp", lambda v: v > 0, "a positive number"),

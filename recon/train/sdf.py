@@ -6,7 +6,9 @@ minimizes
 
     L1(rgb) + lambda_eikonal * mean_samples (|grad f| - 1)^2 + lambda_mask * BCE(opacity, alpha)
 
-the mask term only where the images' alpha is coverage (synthetic RGBA sets). With ``model.occupancy_resolution``
+the mask term only where the images' alpha is coverage (synthetic RGBA sets; the opacity is then the box's own,
+``fg_opacity``). Photos without coverage alpha get a background field (``model.background``,
+:mod:`recon.scenes.background`) for what lies outside the box. With ``model.occupancy_resolution``
 > 0, after ``optim.grid_start`` of the steps an occupancy grid (rebuilt from the SDF every ``optim.grid_every``
 steps) limits the samples to cells near the zero set, cut ``model.grid_samples`` to a chord instead of
 ``model.samples``. The NeuS cosine is annealed over
@@ -41,8 +43,23 @@ class SDFMethod(TriPlaneMethod):
 
     def new_field(self, lo: torch.Tensor, hi: torch.Tensor) -> NeuralSDF:
         m = self.cfg.model
-        return NeuralSDF(lo, hi, m.resolutions, m.channels, m.hidden, seed=self.cfg.seed, samples=m.samples,
-                         init_radius=m.init_radius, grid_samples=m.grid_samples)
+        field = NeuralSDF(lo, hi, m.resolutions, m.channels, m.hidden, seed=self.cfg.seed, samples=m.samples,
+                          init_radius=m.init_radius, grid_samples=m.grid_samples)
+        if self.wants_background():
+            from recon.scenes.background import Background
+
+            field.set_background(Background((lo + hi) / 2, float((hi - lo).norm() / 2), m.background_resolutions,
+                                            m.background_channels, m.hidden, samples=m.background_samples,
+                                            seed=self.cfg.seed))
+        return field
+
+    def wants_background(self) -> bool:
+        """Whether the field gets a background (``model.background``): `field` always, `none` never, `auto`
+        unless the images carry coverage alpha (photos, and datasets whose alpha marks valid pixels, get one)."""
+        from recon.train.init import _has_masks
+
+        choice = self.cfg.model.background
+        return choice == "field" or (choice == "auto" and (self.mask or not _has_masks(self.train_images)))
 
     def _update_grid(self) -> None:
         """Rebuild the occupancy grid from the SDF every ``optim.grid_every`` steps once ``optim.grid_start`` of
@@ -74,8 +91,9 @@ class SDFMethod(TriPlaneMethod):
         out = self.guarded(render_sdf_rays, self.field, origins, dirs, generator=self.generator, anneal=anneal,
                            train=True, backend=cfg.backend)
         R = len(origins)
-        bg = torch.rand(R, 3, generator=self.generator).to(self.device) if cfg.random_background \
-            else self.eval_background.expand(R, 3)
+        # A random background color keeps an object's opacity honest; a background field has to learn a fixed one.
+        bg = torch.rand(R, 3, generator=self.generator).to(self.device) \
+            if cfg.random_background and self.field.background is None else self.eval_background.expand(R, 3)
         rgb, a = target[:, :3], (target[:, 3:] if target.shape[-1] == 4 else torch.ones_like(target[:, :1]))
         gt = rgb * a + bg * (1 - a)
         valid = (a >= 0.5).float() if self.mask else torch.ones_like(a)
@@ -84,7 +102,7 @@ class SDFMethod(TriPlaneMethod):
         eikonal = (out["gradient"].norm(dim=-1) - 1).square().mean() if len(out["gradient"]) else pred.new_zeros(())
         loss = l1 + o.lambda_eikonal * eikonal
         if not self.mask and target.shape[-1] == 4 and o.lambda_mask > 0:
-            opacity = out["opacity"].clamp(1e-3, 1 - 1e-3)
+            opacity = out["fg_opacity"].clamp(1e-3, 1 - 1e-3)  # the object's, not its background's
             loss = loss + o.lambda_mask * F.binary_cross_entropy(opacity, a)
         self.check_loss(loss)
         loss.backward()

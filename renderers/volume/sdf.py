@@ -23,6 +23,7 @@ from torch import Tensor
 
 from recon.cameras import Cameras
 from recon.renderers.interface import RenderOutput, RenderSettings, register_renderer
+from recon.renderers.volume.background import background_samples, merge_around, shade_background
 from recon.renderers.volume.composite import composite
 from recon.renderers.volume.field import box_samples, ray_box, render_image
 from recon.renderers.volume.occupancy import occupied_samples
@@ -47,10 +48,12 @@ def neus_alpha(sdf: Tensor, cos: Tensor, before: Tensor, after: Tensor, inv_s: T
 
 def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generator: torch.Generator | None = None,
                     anneal: float = 1.0, train: bool = False, backend: str = "auto") -> dict:
-    """Render ``R`` rays (unit ``dirs``): ``rgb [R, 3]`` (no background), ``opacity [R, 1]``, ``depth [R, 1]``
-    (expected distance, 0 on a miss), ``normal [R, 3]`` (the composited unit gradients), and the samples'
-    ``gradient [S, 3]`` and ``weights [S]`` (for the eikonal loss). ``train``: keep the graph through the
-    gradient (second derivatives for the eikonal loss)."""
+    """Render ``R`` rays (unit ``dirs``): ``rgb [R, 3]`` (no background color), ``opacity [R, 1]``, ``depth [R, 1]``
+    (expected distance, 0 on a miss), ``normal [R, 3]`` (the composited unit gradients), and the foreground
+    samples' ``gradient [S, 3]`` and ``weights [S]`` (for the eikonal loss). ``train``: keep the graph through
+    the gradient (second derivatives for the eikonal loss). A field with a ``background``
+    (:mod:`recon.renderers.volume.background`) composites its samples outside the box with the box's, in depth
+    order; ``opacity`` and ``depth`` then count both, ``fg_opacity [R, 1]`` is the box samples' weight."""
     R = len(origins)
     if field.occupancy.numel():
         ray, t0, t1, t, offsets = occupied_samples(origins, dirs, field.lo, field.hi, field.occupancy,
@@ -59,31 +62,51 @@ def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generato
         idx, t0, t1, t, offsets = box_samples(origins, dirs, field.lo, field.hi, field.samples, generator)
         ray = idx[:, None].expand(-1, t.shape[1]).reshape(-1)
         t0, t1, t = t0.reshape(-1), t1.reshape(-1), t.reshape(-1)
-    if len(t) == 0:
+    bg = field.background
+    if len(t) == 0 and bg is None:
         zero = origins.new_zeros(R, 1)
         return {"rgb": origins.new_zeros(R, 3), "opacity": zero, "depth": zero, "normal": origins.new_zeros(R, 3),
-                "gradient": origins.new_zeros(0, 3), "weights": origins.new_zeros(0)}
-    d = dirs[ray]
-    x = origins[ray] + d * t[:, None]
-    sdf, grad, geo = field.sdf_gradient(x, create_graph=train)
-    if not train:
-        sdf, grad, geo = sdf.detach(), grad.detach(), geo.detach()
-    normal = torch.nn.functional.normalize(grad, dim=-1)
-    alpha = neus_alpha(sdf, (d * grad).sum(-1), t - t0, t1 - t, field.inv_s(), anneal)
-    rgb = field.radiance(geo, normal, d)
-    out = composite(alpha.contiguous(), torch.cat([rgb, normal], -1).contiguous(), t0.contiguous(),
-                    t1.contiguous(), offsets, mode="alpha", backend=backend)
+                "gradient": origins.new_zeros(0, 3), "weights": origins.new_zeros(0), "fg_opacity": zero}
+    S = len(t)
+    if S:
+        d = dirs[ray]
+        x = origins[ray] + d * t[:, None]
+        sdf, grad, geo = field.sdf_gradient(x, create_graph=train)
+        if not train:
+            sdf, grad, geo = sdf.detach(), grad.detach(), geo.detach()
+        normal = torch.nn.functional.normalize(grad, dim=-1)
+        alpha = neus_alpha(sdf, (d * grad).sum(-1), t - t0, t1 - t, field.inv_s(), anneal)
+        values = torch.cat([field.radiance(geo, normal, d), normal], -1)
+    else:  # no ray of the batch meets the box: the background alone
+        grad, alpha, values = origins.new_zeros(0, 3), origins.new_zeros(0), origins.new_zeros(0, 6)
+    if bg is not None:  # the background outside the box, before and after the box's samples along each ray
+        bt0, bt1, bt, front = background_samples(bg, origins, dirs, field.lo, field.hi, generator)
+        b_alpha, b_rgb = shade_background(bg, origins, dirs, bt0, bt1, bt)
+        order, offsets = merge_around(offsets, front, bg.samples)
+        alpha = torch.cat([alpha, b_alpha])[order]
+        values = torch.cat([values, torch.cat([b_rgb, b_rgb.new_zeros(len(b_rgb), 3)], -1)])[order]
+        t0, t1 = torch.cat([t0, bt0.reshape(-1)])[order], torch.cat([t1, bt1.reshape(-1)])[order]
+    out = composite(alpha.contiguous(), values.contiguous(), t0.contiguous(), t1.contiguous(), offsets,
+                    mode="alpha", backend=backend)
+    weights, fg_opacity = out.weights, out.opacity
+    if bg is not None:  # the box samples' weights, in their order, and their sum per ray
+        pos = torch.empty_like(order)
+        pos[order] = torch.arange(len(order), device=order.device)
+        weights = weights[pos[:S]]
+        fg_opacity = origins.new_zeros(R).index_add(0, ray, weights)[:, None]
     depth = out.depth / out.opacity.clamp_min(1e-6) * (out.opacity > 0)
     return {"rgb": out.rgb[:, :3], "opacity": out.opacity, "depth": depth,
             "normal": torch.nn.functional.normalize(out.rgb[:, 3:], dim=-1), "gradient": grad,
-            "weights": out.weights}
+            "weights": weights, "fg_opacity": fg_opacity}
 
 
 @torch.no_grad()
 def sphere_trace_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor) -> dict:
     """Render ``R`` rays by sphere tracing the zero set inside the field's box: ``rgb [R, 3]`` (the color at the
     hit, 0 on a miss), ``opacity [R, 1]`` (1 on a hit), ``depth [R, 1]`` (distance to the hit, 0 on a miss),
-    ``normal [R, 3]`` (the SDF's unit gradient at the hit)."""
+    ``normal [R, 3]`` (the SDF's unit gradient at the hit), ``fg_opacity [R, 1]`` (1 on a hit). With a
+    ``background``, its samples in front of a hit are composited over the surface and a miss shows all of them;
+    ``rgb`` and ``opacity`` then count both."""
     R = len(origins)
     t_near, t_far = ray_box(origins, dirs, field.lo, field.hi)
     scale = float(field.half_extent)
@@ -95,7 +118,19 @@ def sphere_trace_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor) -> di
         normal[idx] = torch.nn.functional.normalize(grad, dim=-1)
         rgb[idx] = field.radiance(geo, normal[idx], dirs[idx])
     opacity = hit.to(origins.dtype)[:, None]
-    return {"rgb": rgb, "opacity": opacity, "depth": torch.where(hit, t, 0)[:, None], "normal": normal}
+    if field.background is not None:  # the background outside the box: in front of a hit, and behind a miss
+        bg = field.background
+        t0, t1, tb, front = background_samples(bg, origins, dirs, field.lo, field.hi)
+        a, c = shade_background(bg, origins, dirs, t0, t1, tb)
+        k = torch.arange(bg.samples, device=origins.device)
+        a = a.reshape(R, -1) * (~hit[:, None] | (k < front[:, None]))
+        trans = torch.cumprod(torch.cat([a.new_ones(R, 1), 1 - a], 1), 1)  # [R, n + 1]
+        w = trans[:, :-1] * a
+        rest = trans[:, -1:] * opacity  # what the background in front leaves of a hit surface
+        rgb = (w[..., None] * c.reshape(R, -1, 3)).sum(1) + rest * rgb
+        opacity = w.sum(1, keepdim=True) + rest
+    return {"rgb": rgb, "opacity": opacity, "depth": torch.where(hit, t, 0)[:, None], "normal": normal,
+            "fg_opacity": hit.to(origins.dtype)[:, None]}
 
 
 @register_renderer(NeuralSDF)
