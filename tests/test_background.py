@@ -84,10 +84,11 @@ def test_constant_background_composites_to_its_closed_form():
 def test_merge_puts_the_box_samples_between_the_background_before_and_after_it():
     # Box samples: ray 0 has two (10, 11), ray 1 none, ray 2 one (30); two background samples per ray, of which
     # ray 0 has one in front of the box, ray 1 none (all behind), ray 2 both in front.
-    order, offsets = merge_around(torch.tensor([0, 2, 2, 3]), torch.tensor([1, 0, 2]), 2)
+    order, offsets, pos_box = merge_around(torch.tensor([0, 2, 2, 3]), torch.tensor([1, 0, 2]), 2)
     values = torch.tensor([10, 11, 30, 1, 2, 21, 22, 31, 32])
     assert values[order].tolist() == [1, 10, 11, 2, 21, 22, 31, 32, 30]
     assert offsets.tolist() == [0, 4, 6, 9]
+    assert pos_box.tolist() == [1, 2, 8] and bool((order[pos_box] == torch.arange(3)).all())
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
@@ -183,8 +184,8 @@ def photos_of_the_sample_scene(root) -> "Path":
 def test_train_sdf_on_photos_gets_a_background_field_end_to_end(tmp_path):
     """`recon train sdf` on the sample scene as maskless photos: `model.background auto` gives the field a
     background, which trains (the loss falls from step 50 to 150), is stored with the field, covers the frame in renders and evals
-    (volume and sphere-traced), and stays out of the exported mesh. (Whether it beats no background is measured
-    on fox by bench/train.py, not at this test's 150 steps.)"""
+    (volume and sphere-traced), and stays out of the exported mesh. (Whether it beats no background is not
+    measured yet: docs/fields.md.)"""
     import numpy as np
 
     from recon.cli import main

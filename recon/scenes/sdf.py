@@ -128,7 +128,7 @@ class NeuralSDF(nn.Module):
 
     def set_background(self, background) -> None:
         """Attach a :class:`~recon.scenes.background.Background` (what lies outside the box; the renderers
-        composite it behind the box's samples), or None."""
+        composite its samples with the box's in depth order), or None."""
         self.background = background
 
     # --- optimization ------------------------------------------------------------------------------------------

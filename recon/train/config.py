@@ -345,9 +345,9 @@ class SDFModelConfig:
     """Candidate intervals per ray once the grid is on (only those in occupied cells are evaluated)."""
     background: Literal["auto", "field", "none"] = "auto"
     """What lies outside the box: `field`, a tri-plane radiance field over mip-NeRF 360's contracted space
-    (recon/scenes/background.py), composited behind the box's samples (NeRF++ / NeuS's outside model) for photos
-    of a scene; `none`, nothing (the images' background color); `auto`: `field` unless the images carry
-    coverage alpha (object datasets, which the mask loss fits instead)."""
+    (recon/scenes/background.py), composited with the box's samples in depth order (NeRF++ / NeuS's outside
+    model) for photos of a scene; `none`, nothing (the images' background color); `auto`: `field` unless the
+    images carry coverage alpha (object datasets, which the mask loss fits instead)."""
     background_resolutions: tuple[int, ...] = (64, 128, 256)
     """Plane edge (texels) of each level of the background field."""
     background_channels: int = 8

@@ -77,11 +77,12 @@ def shade_background(bg: Background, origins: Tensor, dirs: Tensor, t0: Tensor, 
     return 1 - torch.exp(-sigma * length), rgb
 
 
-def merge_around(offsets: Tensor, front: Tensor, n: int) -> tuple[Tensor, Tensor]:
+def merge_around(offsets: Tensor, front: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     """Merge packed box samples (``offsets [R + 1]``, sorted along each ray) with ``n`` background samples per
     ray, of which the first ``front[r]`` lie before the box and the rest after it: returns ``order [S + R n]``
     (indices into the concatenation ``box samples, background samples (ray-major)``, so that ``cat[order]`` is
-    in depth order along every ray) and the merged ``offsets [R + 1]``. No sort: every position is known."""
+    in depth order along every ray), the merged ``offsets [R + 1]`` and ``pos_box [S]``, where each box sample
+    went. No sort: every position is known."""
     R = len(front)
     dev = offsets.device
     counts = offsets[1:] - offsets[:-1]
@@ -94,18 +95,22 @@ def merge_around(offsets: Tensor, front: Tensor, n: int) -> tuple[Tensor, Tensor
     pos = torch.cat([pos_box, pos_bg.reshape(-1)])
     order = torch.empty_like(pos)
     order[pos] = torch.arange(len(pos), device=dev)
-    return order, merged
+    return order, merged, pos_box
 
 
 def render_background_rays(bg: Background, origins: Tensor, dirs: Tensor, lo: Tensor | None = None,
-                           hi: Tensor | None = None, *, generator: torch.Generator | None = None,
-                           backend: str = "auto") -> dict:
+                           hi: Tensor | None = None, *, front_only: Tensor | None = None,
+                           generator: torch.Generator | None = None, backend: str = "auto") -> dict:
     """The background alone along ``R`` rays (outside the box ``[lo, hi]`` when given): ``rgb [R, 3]``,
-    ``opacity [R, 1]``."""
+    ``opacity [R, 1]``. ``front_only [R]`` bool: those rays stop at the box (an opaque surface inside it; the
+    sphere tracer composites its hits under what is left)."""
     from recon.renderers.volume.composite import composite
 
-    t0, t1, t, _ = background_samples(bg, origins, dirs, lo, hi, generator)
+    t0, t1, t, front = background_samples(bg, origins, dirs, lo, hi, generator)
     alpha, rgb = shade_background(bg, origins, dirs, t0, t1, t)
+    if front_only is not None:
+        k = torch.arange(bg.samples, device=origins.device)
+        alpha = (alpha.reshape(len(origins), -1) * (~front_only[:, None] | (k < front[:, None]))).reshape(-1)
     offsets = torch.arange(len(origins) + 1, device=origins.device) * bg.samples
     out = composite(alpha.contiguous(), rgb.contiguous(), t0.reshape(-1).contiguous(), t1.reshape(-1).contiguous(),
                     offsets, mode="alpha", backend=backend)

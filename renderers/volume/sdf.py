@@ -23,7 +23,8 @@ from torch import Tensor
 
 from recon.cameras import Cameras
 from recon.renderers.interface import RenderOutput, RenderSettings, register_renderer
-from recon.renderers.volume.background import background_samples, merge_around, shade_background
+from recon.renderers.volume.background import (background_samples, merge_around, render_background_rays,
+                                               shade_background)
 from recon.renderers.volume.composite import composite
 from recon.renderers.volume.field import box_samples, ray_box, render_image
 from recon.renderers.volume.occupancy import occupied_samples
@@ -82,7 +83,7 @@ def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generato
     if bg is not None:  # the background outside the box, before and after the box's samples along each ray
         bt0, bt1, bt, front = background_samples(bg, origins, dirs, field.lo, field.hi, generator)
         b_alpha, b_rgb = shade_background(bg, origins, dirs, bt0, bt1, bt)
-        order, offsets = merge_around(offsets, front, bg.samples)
+        order, offsets, pos_box = merge_around(offsets, front, bg.samples)
         alpha = torch.cat([alpha, b_alpha])[order]
         values = torch.cat([values, torch.cat([b_rgb, b_rgb.new_zeros(len(b_rgb), 3)], -1)])[order]
         t0, t1 = torch.cat([t0, bt0.reshape(-1)])[order], torch.cat([t1, bt1.reshape(-1)])[order]
@@ -90,9 +91,7 @@ def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generato
                     mode="alpha", backend=backend)
     weights, fg_opacity = out.weights, out.opacity
     if bg is not None:  # the box samples' weights, in their order, and their sum per ray
-        pos = torch.empty_like(order)
-        pos[order] = torch.arange(len(order), device=order.device)
-        weights = weights[pos[:S]]
+        weights = weights[pos_box]
         fg_opacity = origins.new_zeros(R).index_add(0, ray, weights)[:, None]
     depth = out.depth / out.opacity.clamp_min(1e-6) * (out.opacity > 0)
     return {"rgb": out.rgb[:, :3], "opacity": out.opacity, "depth": depth,
@@ -119,16 +118,9 @@ def sphere_trace_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor) -> di
         rgb[idx] = field.radiance(geo, normal[idx], dirs[idx])
     opacity = hit.to(origins.dtype)[:, None]
     if field.background is not None:  # the background outside the box: in front of a hit, and behind a miss
-        bg = field.background
-        t0, t1, tb, front = background_samples(bg, origins, dirs, field.lo, field.hi)
-        a, c = shade_background(bg, origins, dirs, t0, t1, tb)
-        k = torch.arange(bg.samples, device=origins.device)
-        a = a.reshape(R, -1) * (~hit[:, None] | (k < front[:, None]))
-        trans = torch.cumprod(torch.cat([a.new_ones(R, 1), 1 - a], 1), 1)  # [R, n + 1]
-        w = trans[:, :-1] * a
-        rest = trans[:, -1:] * opacity  # what the background in front leaves of a hit surface
-        rgb = (w[..., None] * c.reshape(R, -1, 3)).sum(1) + rest * rgb
-        opacity = w.sum(1, keepdim=True) + rest
+        b = render_background_rays(field.background, origins, dirs, field.lo, field.hi, front_only=hit)
+        rest = (1 - b["opacity"]) * opacity  # what the background in front leaves of a hit surface
+        rgb, opacity = b["rgb"] + rest * rgb, b["opacity"] + rest
     return {"rgb": rgb, "opacity": opacity, "depth": torch.where(hit, t, 0)[:, None], "normal": normal,
             "fg_opacity": hit.to(origins.dtype)[:, None]}
 
