@@ -1,16 +1,18 @@
 """Build and load recon's C++ extensions on first use (torch.utils.cpp_extension + ninja), cached per machine.
 
 Sources live in the repository's ``cuda/<family>/`` folder. The build directory is keyed on the extension
-name, the torch version and the instruction-set flags in use, so a cache copied to another CPU is never loaded
-with instructions that CPU lacks. One line is printed while compiling; any failure raises
+name, the torch version, the instruction-set flags in use and the sources' bytes, so a cache copied to another
+CPU is never loaded with instructions that CPU lacks, and a finished build is loaded without running ninja. One line is printed while compiling; any failure raises
 :class:`ExtensionBuildError`, which callers turn into one warning and a fallback to the torch reference.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
+import re
 import sys
 import threading
 import warnings
@@ -18,6 +20,11 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; builds there rely on torch's own lock alone
+    fcntl = None
 
 CUDA_SRC = Path(__file__).resolve().parents[1] / "cuda"
 
@@ -75,30 +82,94 @@ def load_cpu_extension(family: str) -> ModuleType:
             raise
 
 
+class _BuildLock:
+    """An flock on ``<build_dir>.flock`` held while building: the kernel drops it when its process dies, so a
+    build killed halfway never blocks the next one. torch's own lock (an empty ``lock`` file in the build
+    directory, waited on forever) is left behind by such a kill; with the flock held no other recon process is
+    building there, so a ``lock`` file found then is stale and is removed."""
+
+    def __init__(self, build_dir: Path):
+        self.path, self.torch_lock = build_dir.with_name(build_dir.name + ".flock"), build_dir / "lock"
+
+    def __enter__(self) -> None:
+        if fcntl is None:
+            return
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        if self.torch_lock.exists():
+            warnings.warn(f"recon: removing a stale build lock {self.torch_lock} (a build was killed halfway)",
+                          RuntimeWarning, stacklevel=2)
+            self.torch_lock.unlink(missing_ok=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if fcntl is None:
+            return
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _key_files(family: str) -> list[Path]:
+    """What a build of ``cuda/<family>`` reads: every file of its folder and, transitively, the quoted
+    ``#include``s they name (``cuda/gaussians_rt`` includes headers of ``cuda/gaussians`` and ``cuda/mesh_bvh``)."""
+    todo = [p.resolve() for p in (CUDA_SRC / family).glob("*") if p.is_file()]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file() or not path.is_relative_to(CUDA_SRC.resolve()):
+            continue
+        seen.add(path)
+        for inc in re.findall(r'^\s*#\s*include\s+"([^"]+)"', path.read_text(errors="replace"), re.M):
+            todo.append((path.parent / inc).resolve())
+    return sorted(seen)
+
+
+def build_dir_of(family: str) -> tuple[Path, list[str]]:
+    """The cache directory of ``cuda/<family>``'s CPU build and the compiler flags it is built with.
+
+    The name keys the cache on the flags, the torch and python versions and the bytes of every file the build
+    reads, so a finished build is reused as it is by any checkout with the same sources (a fresh clone's new
+    file times do not make ninja rebuild it) and an edit gets a directory of its own (about 1 MB each)."""
+    cflags = ["-O3", "-fopenmp", *_isa_flags()]
+    h = hashlib.sha1(f"{' '.join(cflags)} {torch.__version__} {sys.version_info[:2]}".encode())
+    for path in _key_files(family):
+        h.update(path.relative_to(CUDA_SRC.resolve()).as_posix().encode() + b"\0" + path.read_bytes())
+    avx = "_avx2" if "-mavx2" in cflags else ""
+    return _cache_root() / f"recon_{family}_cpu{avx}_{h.hexdigest()[:12]}", cflags
+
+
+def _import_built(name: str, so: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, so)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {so}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _build(family: str) -> ModuleType:
     src_dir = CUDA_SRC / family
     sources = sorted(str(p) for p in src_dir.glob("*.cpp"))
     if not sources:
         raise ExtensionBuildError(f"no C++ sources found in {src_dir}")
-    isa = _isa_flags()
-    cflags = ["-O3", "-fopenmp", *isa]
-    # The name keys the cache on the flags and the torch / python versions; ninja rebuilds on source edits.
-    key = hashlib.sha1(f"{' '.join(cflags)} {torch.__version__} {sys.version_info[:2]}".encode()).hexdigest()[:8]
-    name = f"recon_{family}_cpu{'_avx2' if isa else ''}_{key}"
-    build_dir = _cache_root() / name
+    build_dir, cflags = build_dir_of(family)
+    name = build_dir.name
     try:
         from torch.utils import cpp_extension
 
         build_dir.mkdir(parents=True, exist_ok=True)
         so = build_dir / f"{name}.so"
-        newest = max(p.stat().st_mtime for p in src_dir.glob("*"))
-        if not so.exists() or so.stat().st_mtime < newest:
+        with _BuildLock(build_dir):
+            if so.exists():
+                try:
+                    return _import_built(name, so)
+                except ImportError:  # a link killed halfway leaves a truncated library: build it again
+                    so.unlink()
             print(f"recon: compiling C++ kernels {name} (first use, ~1 min)...", file=sys.stderr, flush=True)
-        # -fopenmp at link time links libgomp.so.1, which resolves to the copy torch already loaded (same soname),
-        # so at::parallel_for runs on torch's own OpenMP thread pool.
-        return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=["-fopenmp"],
-                                  extra_include_paths=[str(src_dir)], build_directory=str(build_dir),
-                                  verbose=False)
+            # -fopenmp at link time links libgomp.so.1, which resolves to the copy torch already loaded (same
+            # soname), so at::parallel_for runs on torch's own OpenMP thread pool.
+            return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=["-fopenmp"],
+                                      extra_include_paths=[str(src_dir)], build_directory=str(build_dir),
+                                      verbose=False)
     except Exception as err:  # compiler missing, compile error, ninja missing, import error: all mean "no kernels"
         raise ExtensionBuildError(f"could not build the C++ extension {name!r} from {src_dir}: "
                                   f"{type(err).__name__}: {str(err).strip()[-2000:]}") from err

@@ -277,27 +277,41 @@ def test_edge_aware_tv_spares_the_photos_edges():
     assert float(edge_aware_tv(edge, flat_img, covered)) == 0.0
 
 
-def test_material_stage_geometry_frozen_or_densified(tmp_path, test_data):
-    """With the defaults the material stage keeps the stage-1 Gaussians exactly (same means, no densification);
-    with a geometry learning rate, densification inside the material stage re-bakes the transfer for the new
-    Gaussians instead of failing on a transfer of the old count."""
+def _gaussians_pbr_args(data, geometry_steps: int) -> list[str]:
+    half = str(geometry_steps // 2)
+    return ["train", "gaussians-pbr", "--data", str(data), "--downscale", "4", "--pbr.geometry-steps",
+            str(geometry_steps), "--pbr.normal-from", half, "--pbr.light-warmup", "20", "--pbr.shadow-samples", "8",
+            "--no-progress", "--eval-every", "0", "--checkpoint-every", str(geometry_steps), "--densify.start", half,
+            "--densify.interval", half]
+
+
+def test_material_stage_keeps_the_stage_one_gaussians_by_default(tmp_path, test_data):
+    """With the defaults the material stage keeps the stage-1 Gaussians exactly (same means, no densification)."""
     from recon.cli import main
     from recon.scenes.lit import LitScene
     from recon.scenes.gaussians import GaussianScene
     from recon.train.checkpoint import load_checkpoint
 
-    data = test_data / "synthetic" / "bob_field"
-    common = ["train", "gaussians-pbr", "--data", str(data), "--downscale", "4", "--pbr.geometry-steps", "100",
-              "--pbr.normal-from", "50", "--pbr.light-warmup", "20", "--pbr.shadow-samples", "8", "--no-progress",
-              "--eval-every", "0", "--checkpoint-every", "100", "--densify.start", "50", "--densify.interval", "50"]
     run = tmp_path / "frozen"
-    assert main([*common, "--max-steps", "200", "--output", str(run)]) == 0
-    first = GaussianScene.from_state(load_checkpoint(run / "checkpoints" / "step-0000100.pt")["scene"])
-    last = LitScene.from_state(load_checkpoint(run / "checkpoints" / "step-0000200.pt")["scene"]).geometry
+    args = _gaussians_pbr_args(test_data / "synthetic" / "bob_field", 60)
+    assert main([*args, "--max-steps", "100", "--output", str(run)]) == 0
+    first = GaussianScene.from_state(load_checkpoint(run / "checkpoints" / "step-0000060.pt")["scene"])
+    last = LitScene.from_state(load_checkpoint(run / "checkpoints" / "step-0000100.pt")["scene"]).geometry
     assert len(first) == len(last) and torch.equal(first.means, last.means)
     assert last.shadow_samples == 8  # what evaluation bakes with
+
+
+@pytest.mark.slow
+def test_material_stage_with_a_geometry_lr_densifies_and_rebakes(tmp_path, test_data):
+    """With a geometry learning rate, densification inside the material stage re-bakes the transfer for the new
+    Gaussians instead of failing on a transfer of the old count (120 s here with the frozen run it once shared)."""
+    from recon.cli import main
+    from recon.scenes.lit import LitScene
+    from recon.train.checkpoint import load_checkpoint
+
     run = tmp_path / "moving"  # densification runs until step 240 (60 % of 400): at 150 and 200 in stage 2
-    assert main([*common, "--max-steps", "300", "--densify.stop", "240", "--pbr.geometry-lr-scale", "0.5",
+    args = _gaussians_pbr_args(test_data / "synthetic" / "bob_field", 100)
+    assert main([*args, "--max-steps", "300", "--densify.stop", "240", "--pbr.geometry-lr-scale", "0.5",
                  "--output", str(run)]) == 0
     rows = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
     counts = {r["step"]: r["num_gaussians"] for r in rows if "num_gaussians" in r}
