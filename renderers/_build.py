@@ -27,6 +27,10 @@ except ImportError:  # Windows: no flock; builds there rely on torch's own lock 
     fcntl = None
 
 CUDA_SRC = Path(__file__).resolve().parents[1] / "cuda"
+# -fopenmp at link time links libgomp.so.1, which resolves to the copy torch already loaded (same soname), so
+# at::parallel_for runs on torch's own OpenMP thread pool.
+LDFLAGS = ["-fopenmp"]
+_RECIPE_VERSION = 1  # bump when _build changes how a family is built in a way the flags do not show
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
@@ -84,21 +88,25 @@ def load_cpu_extension(family: str) -> ModuleType:
 
 class _BuildLock:
     """An flock on ``<build_dir>.flock`` held while building: the kernel drops it when its process dies, so a
-    build killed halfway never blocks the next one. torch's own lock (an empty ``lock`` file in the build
-    directory, waited on forever) is left behind by such a kill; with the flock held no other recon process is
-    building there, so a ``lock`` file found then is stale and is removed."""
+    build whose Python process was killed halfway never blocks the next one. torch's own lock (an empty ``lock``
+    file in the build directory, waited on forever) is left behind by such a kill; with the flock held no other
+    recon process is building there, so a ``lock`` file found then is stale: it is removed, and so is the
+    finished-build marker, since the library beside it may be cut off. (A compiler or linker that outlives the
+    killed Python process is not covered: the next build may run beside it.)"""
 
     def __init__(self, build_dir: Path):
         self.path, self.torch_lock = build_dir.with_name(build_dir.name + ".flock"), build_dir / "lock"
+        self.marker = build_dir / "recon_build_ok"
 
     def __enter__(self) -> None:
         if fcntl is None:
             return
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         if self.torch_lock.exists():
             warnings.warn(f"recon: removing a stale build lock {self.torch_lock} (a build was killed halfway)",
                           RuntimeWarning, stacklevel=2)
+            self.marker.unlink(missing_ok=True)
             self.torch_lock.unlink(missing_ok=True)
 
     def __exit__(self, *exc: object) -> None:
@@ -126,11 +134,12 @@ def _key_files(family: str) -> list[Path]:
 def build_dir_of(family: str) -> tuple[Path, list[str]]:
     """The cache directory of ``cuda/<family>``'s CPU build and the compiler flags it is built with.
 
-    The name keys the cache on the flags, the torch and python versions and the bytes of every file the build
-    reads, so a finished build is reused as it is by any checkout with the same sources (a fresh clone's new
+    The name keys the cache on the compile and link flags (and ``_RECIPE_VERSION``, bumped by any other change
+    to how :func:`_build` builds), the torch and python versions and the bytes of every file the build reads, so a finished build is reused as it is by any checkout with the same sources (a fresh clone's new
     file times do not make ninja rebuild it) and an edit gets a directory of its own (about 1 MB each)."""
     cflags = ["-O3", "-fopenmp", *_isa_flags()]
-    h = hashlib.sha1(f"{' '.join(cflags)} {torch.__version__} {sys.version_info[:2]}".encode())
+    recipe = f"{' '.join(cflags)} | {' '.join(LDFLAGS)} | include <family> | {_RECIPE_VERSION}"
+    h = hashlib.sha1(f"{recipe} {torch.__version__} {sys.version_info[:2]}".encode())
     for path in _key_files(family):
         h.update(path.relative_to(CUDA_SRC.resolve()).as_posix().encode() + b"\0" + path.read_bytes())
     avx = "_avx2" if "-mavx2" in cflags else ""
@@ -158,18 +167,24 @@ def _build(family: str) -> ModuleType:
 
         build_dir.mkdir(parents=True, exist_ok=True)
         so = build_dir / f"{name}.so"
-        with _BuildLock(build_dir):
-            if so.exists():
+        lock = _BuildLock(build_dir)
+        with lock:
+            # The marker is written after a load that succeeded, so a library cut off by a killed link (which
+            # may crash dlopen rather than raise) is never imported directly.
+            if lock.marker.exists() and so.exists():
                 try:
                     return _import_built(name, so)
-                except ImportError:  # a link killed halfway leaves a truncated library: build it again
-                    so.unlink()
+                except ImportError:
+                    lock.marker.unlink()
+            # Without the marker the library is not trusted: ninja would call a cut-off one up to date (it is
+            # newer than the objects) and torch would import it, so it goes and ninja links it again.
+            so.unlink(missing_ok=True)
             print(f"recon: compiling C++ kernels {name} (first use, ~1 min)...", file=sys.stderr, flush=True)
-            # -fopenmp at link time links libgomp.so.1, which resolves to the copy torch already loaded (same
-            # soname), so at::parallel_for runs on torch's own OpenMP thread pool.
-            return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=["-fopenmp"],
-                                      extra_include_paths=[str(src_dir)], build_directory=str(build_dir),
-                                      verbose=False)
+            module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=LDFLAGS,
+                                        extra_include_paths=[str(src_dir)], build_directory=str(build_dir),
+                                        verbose=False)
+            lock.marker.touch()
+            return module
     except Exception as err:  # compiler missing, compile error, ninja missing, import error: all mean "no kernels"
         raise ExtensionBuildError(f"could not build the C++ extension {name!r} from {src_dir}: "
                                   f"{type(err).__name__}: {str(err).strip()[-2000:]}") from err
