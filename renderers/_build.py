@@ -180,9 +180,11 @@ def _build(family: str) -> ModuleType:
             # newer than the objects) and torch would import it, so it goes and ninja links it again.
             so.unlink(missing_ok=True)
             print(f"recon: compiling C++ kernels {name} (first use, ~1 min)...", file=sys.stderr, flush=True)
-            module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=LDFLAGS,
-                                        extra_include_paths=[str(src_dir)], build_directory=str(build_dir),
-                                        verbose=False)
+            # Copies: torch appends its own -L/-l flags to the lists it is given, which changed every later key
+            # in the process (a fresh clone's CI then compiled under keys no other process computes).
+            module = cpp_extension.load(name=name, sources=sources, extra_cflags=list(cflags),
+                                        extra_ldflags=list(LDFLAGS), extra_include_paths=[str(src_dir)],
+                                        build_directory=str(build_dir), verbose=False)
             lock.marker.touch()
             return module
     except Exception as err:  # compiler missing, compile error, ninja missing, import error: all mean "no kernels"

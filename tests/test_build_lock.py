@@ -114,3 +114,23 @@ def test_the_cache_key_follows_the_sources_bytes_not_their_times(tmp_path, monke
     after = {f: build_dir_of(f)[0].name for f in key}
     assert after["gaussians_rt"] != key["gaussians_rt"]
     assert after["shading"] == key["shading"] and after["volume"] == key["volume"]
+
+
+def test_a_build_leaves_the_keys_of_later_builds_alone(tmp_path, monkeypatch):
+    """torch's loader appends its own flags to the lists it is given; the keys must not change with it (they
+    did: a process that compiled one family then looked for every later one under a key no other process uses)."""
+    from torch.utils import cpp_extension
+
+    from recon.renderers import _build
+
+    def fake_load(**kwargs):
+        kwargs["extra_ldflags"] += ["-L/torch/lib", "-lc10"]  # what torch's _prepare_ldflags does in place
+        kwargs["extra_cflags"] += ["-DEXTRA"]
+        raise RuntimeError("no compiler in this test")
+
+    monkeypatch.setenv("RECON_EXT_CACHE", str(tmp_path / "ext"))
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    before = {f: build_dir_of(f)[0].name for f in ("shading", "volume")}
+    with pytest.raises(_build.ExtensionBuildError, match="no compiler in this test"):
+        _build._build("shading")
+    assert {f: build_dir_of(f)[0].name for f in before} == before and _build.LDFLAGS == ["-fopenmp"]
