@@ -2,8 +2,8 @@
 
 Sources live in the repository's ``cuda/<family>/`` folder. The build directory is keyed on the extension
 name, the torch version, the instruction-set flags in use and the sources' bytes, so a cache copied to another
-CPU is never loaded with instructions that CPU lacks, and a finished build is loaded without running ninja. One line is printed while compiling; any failure raises
-:class:`ExtensionBuildError`, which callers turn into one warning and a fallback to the torch reference.
+CPU is never loaded with instructions that CPU lacks, and a finished build is loaded without running ninja. One
+line is printed while compiling; any failure raises :class:`ExtensionBuildError`, which callers turn into one warning and a fallback to the torch reference.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ except ImportError:  # Windows: no flock; builds there rely on torch's own lock 
 CUDA_SRC = Path(__file__).resolve().parents[1] / "cuda"
 # -fopenmp at link time links libgomp.so.1, which resolves to the copy torch already loaded (same soname), so
 # at::parallel_for runs on torch's own OpenMP thread pool.
-LDFLAGS = ["-fopenmp"]
+LDFLAGS = ("-fopenmp",)  # a tuple: torch's loader appends its own -L/-l flags to the list it is given
 _RECIPE_VERSION = 1  # bump when _build changes how a family is built in a way the flags do not show
 
 _LOCK = threading.Lock()
@@ -131,13 +131,14 @@ def _key_files(family: str) -> list[Path]:
     return sorted(seen)
 
 
-def build_dir_of(family: str) -> tuple[Path, list[str]]:
+def build_dir_of(family: str) -> tuple[Path, tuple[str, ...]]:
     """The cache directory of ``cuda/<family>``'s CPU build and the compiler flags it is built with.
 
     The name keys the cache on the compile and link flags (and ``_RECIPE_VERSION``, bumped by any other change
-    to how :func:`_build` builds), the torch and python versions and the bytes of every file the build reads, so a finished build is reused as it is by any checkout with the same sources (a fresh clone's new
-    file times do not make ninja rebuild it) and an edit gets a directory of its own (about 1 MB each)."""
-    cflags = ["-O3", "-fopenmp", *_isa_flags()]
+    to how :func:`_build` builds), the torch and python versions and the bytes of every file the build reads,
+    so a finished build is reused as it is by any checkout with the same sources (a fresh clone's new file times
+    do not make ninja rebuild it) and an edit gets a directory of its own (about 1 MB each)."""
+    cflags = ("-O3", "-fopenmp", *_isa_flags())
     recipe = f"{' '.join(cflags)} | {' '.join(LDFLAGS)} | include <family> | {_RECIPE_VERSION}"
     h = hashlib.sha1(f"{recipe} {torch.__version__} {sys.version_info[:2]}".encode())
     for path in _key_files(family):
@@ -180,8 +181,8 @@ def _build(family: str) -> ModuleType:
             # newer than the objects) and torch would import it, so it goes and ninja links it again.
             so.unlink(missing_ok=True)
             print(f"recon: compiling C++ kernels {name} (first use, ~1 min)...", file=sys.stderr, flush=True)
-            # Copies: torch appends its own -L/-l flags to the lists it is given, which changed every later key
-            # in the process (a fresh clone's CI then compiled under keys no other process computes).
+            # Fresh lists from the tuples: torch appends to them in place, and when that was the keyed list every
+            # later key in the process changed (a fresh clone's CI then compiled under keys no process computes).
             module = cpp_extension.load(name=name, sources=sources, extra_cflags=list(cflags),
                                         extra_ldflags=list(LDFLAGS), extra_include_paths=[str(src_dir)],
                                         build_directory=str(build_dir), verbose=False)

@@ -133,4 +133,4 @@ def test_a_build_leaves_the_keys_of_later_builds_alone(tmp_path, monkeypatch):
     before = {f: build_dir_of(f)[0].name for f in ("shading", "volume")}
     with pytest.raises(_build.ExtensionBuildError, match="no compiler in this test"):
         _build._build("shading")
-    assert {f: build_dir_of(f)[0].name for f in before} == before and _build.LDFLAGS == ["-fopenmp"]
+    assert {f: build_dir_of(f)[0].name for f in before} == before and _build.LDFLAGS == ("-fopenmp",)

@@ -304,7 +304,7 @@ def test_material_stage_keeps_the_stage_one_gaussians_by_default(tmp_path, test_
 @pytest.mark.slow
 def test_material_stage_with_a_geometry_lr_densifies_and_rebakes(tmp_path, test_data):
     """With a geometry learning rate, densification inside the material stage re-bakes the transfer for the new
-    Gaussians instead of failing on a transfer of the old count (120 s here with the frozen run it once shared)."""
+    Gaussians instead of failing on a transfer of the old count (71 s here)."""
     from recon.cli import main
     from recon.scenes.lit import LitScene
     from recon.train.checkpoint import load_checkpoint
