@@ -1,6 +1,6 @@
 """Field rendering benchmark (issue 10): rays per second of the volume compositing op (forward and backward, per
-backend and mode), of the field renderers (training step and rendering, per field and renderer), the time of
-marching cubes, and peak memory.
+backend and mode), the tri-plane encoding per backend, of the field renderers (training step and rendering, per
+field and renderer), the time of marching cubes, and peak memory.
 
     python bench/fields.py --out FILE.json [--rays 65536] [--samples 64] [--repeats 5] [--threads 2]
 
@@ -13,8 +13,12 @@ Renderers: the default fields of ``recon train triplane`` / ``sdf`` over the box
 raised to an opaque ball of radius 0.5 (so rays stop early as on a trained field) and the SDF's initial sphere of
 radius 0.5; rays from a sphere of radius 3 toward the origin (jittered). ``train``: one step's forward + backward
 on a batch of the trainer's size (the SDF's with the eikonal term, second derivatives included); ``render``: no
-gradients, midpoints (volume) or sphere tracing. The encodings are torch's ``grid_sample`` (no compiled encoding
-yet), so these figures are what a training step costs today. Marching cubes: the analytic sphere SDF on 256^3 and
+gradients, midpoints (volume) or sphere tracing; each with the compiled tri-plane encoding (``cpu``) and with its
+torch twin (``grid_sample``). Encoding: ``triplane_sample`` alone on 65,536 points at both fields' default levels,
+forward, forward + backward, and for the SDF the normal's share (``triplane_sample_vjp_u``) with its backward.
+Normals: a default SDF's normals and eikonal loss with its backward on 65,536 points, analytic against central
+finite differences (Neuralangelo's; six more field evaluations).
+Marching cubes: the analytic sphere SDF on 256^3 and
 512^3 grids (grid filled beforehand; the extraction alone).
 """
 
@@ -83,7 +87,67 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_renderers(repeats: int) -> list[dict]:
+def measure_encoding(repeats: int, points: int = 65536) -> list[dict]:
+    """The tri-plane encoding alone, per backend, at the default levels of both fields: forward, backward (to the
+    points and the planes), and for the SDF the encoding's share of the normal with its backward (the eikonal
+    loss's second derivatives)."""
+    from recon.renderers.volume.encoding import triplane_sample, triplane_sample_vjp_u
+
+    g = torch.Generator().manual_seed(0)
+    u0 = torch.rand(points, 3, generator=g) * 2 - 1
+    out = []
+    for field, resolutions, channels in (("sdf", (32, 64, 128), 8), ("triplane", (64, 128, 256), 16)):
+        planes = [torch.randn(3, channels, r, r, generator=g).requires_grad_(True) for r in resolutions]
+        for backend in ("cpu", "torch"):
+            u = u0.clone().requires_grad_(True)
+            with torch.no_grad():
+                t_fwd = _timed(lambda: triplane_sample(planes, u, backend=backend), repeats)
+
+            def first(u=u, planes=planes, backend=backend):
+                f = triplane_sample(planes, u, backend=backend)
+                torch.autograd.grad(f, [u, *planes], torch.ones_like(f))
+
+            row = {"field": field, "backend": backend, "points": points, "resolutions": list(resolutions),
+                   "channels": channels, "forward_s": t_fwd, "forward_backward_s": _timed(first, repeats)}
+            if field == "sdf":
+                gf = torch.randn(points, 3 * channels * len(resolutions), generator=g).requires_grad_(True)
+
+                def second(u=u0, planes=planes, backend=backend, gf=gf):
+                    gu = triplane_sample_vjp_u(planes, u, gf, backend=backend)
+                    torch.autograd.grad(gu.square().sum(), [gf, *planes])
+
+                row["normal_forward_backward_s"] = _timed(second, repeats)
+            out.append(row)
+    return out
+
+
+def measure_normals(repeats: int, points: int = 65536) -> list[dict]:
+    """A neural SDF's normals with the eikonal loss's backward, on the default field: analytic (the gradient by
+    autograd and the encoding's hand-written second derivatives, what ``recon train sdf`` does) against central
+    finite differences (Neuralangelo: six more evaluations of the field, each with its backward), compiled
+    encoding in both."""
+    from recon.scenes.sdf import NeuralSDF
+
+    field = NeuralSDF(-torch.ones(3), torch.ones(3))
+    field.encoding_backend = "cpu"
+    x = torch.rand(points, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    eps = 2.0 / 128  # one texel of the finest default plane
+
+    def analytic():
+        sdf, grad, _ = field.sdf_gradient(x, create_graph=True)
+        ((grad.norm(dim=-1) - 1).square().mean() + sdf.abs().mean()).backward()
+
+    def finite_difference():
+        sdf = field.sdf(x)
+        offsets = torch.eye(3) * eps
+        grad = torch.stack([(field.sdf(x + o) - field.sdf(x - o)) / (2 * eps) for o in offsets], -1)
+        ((grad.norm(dim=-1) - 1).square().mean() + sdf.abs().mean()).backward()
+
+    return [{"normals": name, "points": points, "seconds": _timed(fn, repeats)}
+            for name, fn in (("analytic", analytic), ("finite differences", finite_difference))]
+
+
+def measure_renderers(repeats: int, encoding: str = "auto") -> list[dict]:
     from recon.renderers.volume.field import render_rays
     from recon.renderers.volume.sdf import render_sdf_rays, sphere_trace_sdf_rays
     from recon.scenes.sdf import NeuralSDF
@@ -101,6 +165,7 @@ def measure_renderers(repeats: int) -> list[dict]:
 
     tri.density = ball_density
     sdf = NeuralSDF(lo, hi, init_radius=0.5)
+    tri.encoding_backend = sdf.encoding_backend = encoding
     g = torch.Generator().manual_seed(0)
     out = []
     for name, field, rays in (("triplane volume", tri, 2048), ("sdf volume (NeuS)", sdf, 1024)):
@@ -118,11 +183,12 @@ def measure_renderers(repeats: int) -> list[dict]:
         with torch.no_grad():
             t_render = _timed(lambda: (render_rays(field, o, d) if name.startswith("triplane")
                                        else render_sdf_rays(field, o, d)), repeats)
-        out.append({"renderer": name, "train_rays": rays, "train_step_s": t_train, "rays_per_s_train": rays / t_train,
+        out.append({"renderer": name, "encoding": encoding, "train_rays": rays, "train_step_s": t_train,
+                    "rays_per_s_train": rays / t_train,
                     "render_rays": 8192, "render_s": t_render, "rays_per_s_render": 8192 / t_render})
     o, d = _rays(8192, seed=1)
     t_sphere = _timed(lambda: sphere_trace_sdf_rays(sdf, o, d), repeats)
-    out.append({"renderer": "sdf sphere tracing", "render_rays": 8192, "render_s": t_sphere,
+    out.append({"renderer": "sdf sphere tracing", "encoding": encoding, "render_rays": 8192, "render_s": t_sphere,
                 "rays_per_s_render": 8192 / t_sphere})
     return out
 
@@ -153,11 +219,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from recon._runtime import keep_freed_memory
+
+    keep_freed_memory()  # as the recon CLI does
     results = [measure(backend, mode, args.rays, args.samples, args.repeats if backend == "cpu" else 2)
                for mode in ("density", "alpha") for backend in ("cpu", "torch")]
-    renderers = measure_renderers(max(2, args.repeats // 2))
+    encoding = measure_encoding(max(2, args.repeats // 2))
+    normals = measure_normals(max(2, args.repeats // 2))
+    renderers = [r for enc in ("cpu", "torch") for r in measure_renderers(max(2, args.repeats // 2), enc)]
     mc = measure_marching_cubes()
-    report = {"composite": results, "renderers": renderers, "marching_cubes": mc, "rays": args.rays,
+    report = {"composite": results, "encoding": encoding, "normals": normals, "renderers": renderers,
+              "marching_cubes": mc, "rays": args.rays,
               "samples_per_ray": args.samples,
               "threads": torch.get_num_threads(),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
@@ -167,9 +239,16 @@ def main() -> None:
         print(f"{r['mode']:8s} {r['backend']:6s} forward {r['forward_s'] * 1e3:7.1f} ms  backward "
               f"{r['backward_s'] * 1e3:7.1f} ms  train {r['rays_per_s_train'] / 1e6:5.2f} M rays/s  "
               f"({r['mean_samples_composited']:.1f} samples composited per ray)")
+    for r in encoding:
+        normal = (f"  normal fwd+bwd {r['normal_forward_backward_s'] * 1e3:6.1f} ms"
+                  if "normal_forward_backward_s" in r else "")
+        print(f"encoding {r['field']:8s} {r['backend']:6s} forward {r['forward_s'] * 1e3:6.1f} ms  fwd+bwd "
+              f"{r['forward_backward_s'] * 1e3:6.1f} ms{normal}  ({r['points']} points)")
+    for r in normals:
+        print(f"sdf normals {r['normals']:18s} + eikonal backward {r['seconds'] * 1e3:6.1f} ms ({r['points']} points)")
     for r in renderers:
         train = f"train {r['rays_per_s_train'] / 1e3:7.1f} k rays/s  " if "rays_per_s_train" in r else ""
-        print(f"{r['renderer']:20s} {train}render {r['rays_per_s_render'] / 1e3:7.1f} k rays/s")
+        print(f"{r['renderer']:20s} {r['encoding']:6s} {train}render {r['rays_per_s_render'] / 1e3:7.1f} k rays/s")
     for m in mc:
         print(f"marching cubes {m['resolution']}^3: {m['seconds']:.2f} s ({m['faces']} faces)")
     print(f"peak RSS {report['peak_rss_mb']:.0f} MB; wrote {args.out}")

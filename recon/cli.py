@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in commands:
         print(f"recon: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    from recon._runtime import keep_freed_memory
+
+    keep_freed_memory()  # freed tensors stay in the heap: no page faults per step (recon/_runtime.py)
     try:
         return commands[argv[0]](argv[1:]) or 0
     except KeyboardInterrupt as err:

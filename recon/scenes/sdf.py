@@ -23,13 +23,13 @@ import json
 import torch
 from torch import Tensor, nn
 
+from recon.renderers.volume.encoding import triplane_sample, triplane_sample_vjp_u
 from recon.scenes.triplane import sh_deg2
 
 __all__ = ["NeuralSDF", "KIND"]
 
 KIND = "sdf"
 VERSION = 1
-_PLANES = ((0, 1), (0, 2), (1, 2))
 GEO_FEATURES = 15
 
 
@@ -55,6 +55,7 @@ class NeuralSDF(nn.Module):
         if not 0 < init_radius < 1:
             raise ValueError(f"init_radius must be in (0, 1), got {init_radius}")
         self.init_radius, self.grid_samples = float(init_radius), int(grid_samples)
+        self.encoding_backend = "auto"  # triplane_sample's backend: "auto", "cpu" or "torch" (tests compare them)
         self.register_buffer("occupancy", torch.zeros(0, 0, 0, dtype=torch.bool))
         self.register_module("background", None)  # a recon.scenes.background.Background (set_background)
         g = torch.Generator().manual_seed(seed)
@@ -84,20 +85,20 @@ class NeuralSDF(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """``[N, 3 C L]`` plane features at world points ``x [N, 3]`` (clamped to the box's border)."""
-        u = 2 * (x - self.lo) / (self.hi - self.lo) - 1
-        grid = torch.stack([u[:, list(p)] for p in _PLANES])[:, :, None, :]  # [3, N, 1, 2]
-        out = []
-        for planes in self.planes:
-            f = torch.nn.functional.grid_sample(planes, grid, mode="bilinear", padding_mode="border",
-                                                align_corners=True)[..., 0]  # [3, C, N]
-            out.append(f.permute(2, 0, 1).reshape(len(x), -1))
-        return torch.cat(out, -1)
+        return triplane_sample(self.planes, self.normalize(x), backend=self.encoding_backend)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """World points ``[N, 3]`` to the encoding's ``[-1, 1]^3`` over the box."""
+        return 2 * (x - self.lo) / (self.hi - self.lo) - 1
 
     def sdf_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """SDF ``[N]`` (world units) and geometry features ``[N, 15]`` at world points ``x [N, 3]``."""
+        return self._decode(x, self.features(x))
+
+    def _decode(self, x: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
         h = self.half_extent
         p = (x - (self.lo + self.hi) / 2) / h
-        out = self.sdf_net(torch.cat([p, self.features(x)], -1))
+        out = self.sdf_net(torch.cat([p, features], -1))
         return (p.norm(dim=-1) - self.init_radius + out[:, 0]) * h, out[:, 1:]
 
     def sdf(self, x: Tensor) -> Tensor:
@@ -105,12 +106,27 @@ class NeuralSDF(nn.Module):
         return self.sdf_features(x)[0]
 
     def sdf_gradient(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """SDF ``[N]``, its gradient ``[N, 3]`` (by autograd; ``create_graph`` to train through it) and the
-        geometry features ``[N, 15]``, at world points ``x [N, 3]``. Works under ``torch.no_grad`` too."""
+        """SDF ``[N]``, its gradient ``[N, 3]`` (``create_graph`` to train through it) and the geometry features
+        ``[N, 15]``, at world points ``x [N, 3]``. Works under ``torch.no_grad`` too.
+
+        The gradient is the decoder's with respect to its point input plus the encoding's share,
+        ``triplane_sample_vjp_u`` of the decoder's gradient with respect to the features: one pass through the
+        encoding (autograd through the encoding's own backward would also scatter a gradient into the planes
+        that nothing uses). A point ``x`` that requires grad keeps its graph through plain autograd."""
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True) if not x.requires_grad else x
-            sdf, geo = self.sdf_features(x)
-            (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
+            if x.requires_grad:  # the caller differentiates with respect to x: plain autograd, x's graph kept
+                sdf, geo = self.sdf_features(x)
+                (grad,) = torch.autograd.grad(sdf, x, torch.ones_like(sdf), create_graph=create_graph)
+                return sdf, grad, geo
+            xp = x.detach().requires_grad_(True)  # the decoder's point input; the encoding reads x itself
+            u = self.normalize(x.detach())
+            feats = triplane_sample(self.planes, u, backend=self.encoding_backend)
+            sdf, geo = self._decode(xp, feats)
+            g_x, g_f = torch.autograd.grad(sdf, (xp, feats), torch.ones_like(sdf), create_graph=create_graph)
+            g_u = triplane_sample_vjp_u(self.planes, u, g_f, backend=self.encoding_backend)
+            grad = g_x + g_u * (2 / (self.hi - self.lo))
+            if not create_graph:
+                grad = grad.detach()
         return sdf, grad, geo
 
     def radiance(self, geo: Tensor, normal: Tensor, d: Tensor) -> Tensor:

@@ -16,11 +16,12 @@ import json
 import torch
 from torch import Tensor, nn
 
+from recon.renderers.volume.encoding import triplane_sample
+
 __all__ = ["TriPlaneField", "KIND"]
 
 KIND = "triplane"
 VERSION = 1
-_PLANES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz
 
 
 class _TruncExp(torch.autograd.Function):
@@ -61,6 +62,7 @@ class TriPlaneField(nn.Module):
         from recon.scenes.fields import init_field
 
         init_field(self, lo, hi, resolutions, channels, hidden, samples)
+        self.encoding_backend = "auto"  # triplane_sample's backend: "auto", "cpu" or "torch" (tests compare them)
         g = torch.Generator().manual_seed(seed)
         self.planes = nn.ParameterList(
             [nn.Parameter(torch.rand(3, channels, r, r, generator=g) * 0.4 + 0.1) for r in self.resolutions])
@@ -76,13 +78,15 @@ class TriPlaneField(nn.Module):
         return 2 * (x - self.lo) / (self.hi - self.lo) - 1
 
     def features(self, u: Tensor) -> Tensor:
-        """``[N, C L]`` plane features at normalized points ``u [N, 3]`` in [-1, 1]^3."""
-        grid = torch.stack([u[:, list(p)] for p in _PLANES])[:, :, None, :]  # [3, N, 1, 2], (x, y) = (a, b)
-        out = []
+        """``[N, C L]`` plane features at normalized points ``u [N, 3]`` in [-1, 1]^3: per level the product of
+        the three planes' bilinear samples (:func:`~recon.renderers.volume.encoding.triplane_sample`)."""
+        feats = triplane_sample(self.planes, u, backend=self.encoding_backend)  # [N, sum_l 3 C_l]
+        out, col = [], 0
         for planes in self.planes:
-            f = torch.nn.functional.grid_sample(planes, grid, mode="bilinear", padding_mode="border",
-                                                align_corners=True)[..., 0]  # [3, C, N]
-            out.append((f[0] * f[1] * f[2]).t())
+            C = planes.shape[1]
+            f = feats[:, col:col + 3 * C].view(-1, 3, C)
+            out.append(f[:, 0] * f[:, 1] * f[:, 2])
+            col += 3 * C
         return torch.cat(out, -1)
 
     def density(self, x: Tensor) -> tuple[Tensor, Tensor]:

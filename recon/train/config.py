@@ -368,6 +368,13 @@ class SDFOptimConfig:
     """Weight of the eikonal loss (|grad f| - 1)^2 at the ray samples."""
     lambda_mask: float = 0.1
     """Weight of the BCE between opacity and the images' coverage alpha (datasets with coverage alpha)."""
+    lambda_curvature: float = 0.0
+    """Weight of the curvature loss (PermutoSDF's, with analytic normals): 1 - n(x).n(x + eps t) for a random
+    tangent t, weighted by the samples' rendering weights (0: off)."""
+    curvature_samples: int = 2048
+    """Samples per step the curvature loss is taken at (drawn among those with rendering weight > 1e-4)."""
+    curvature_step: float = 1.0
+    """eps of the curvature loss, in texels of the finest plane."""
     anneal_fraction: float = 0.1
     """Fraction of the steps over which NeuS's cosine is annealed to the exact |cos|."""
     grid_start: float = 0.1
@@ -601,6 +608,9 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.lambda_tv", lambda v: v >= 0, "a number >= 0"),
     ("model.init_radius", lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("optim.lambda_eikonal", lambda v: v >= 0, "a number >= 0"),
+    ("optim.lambda_curvature", lambda v: v >= 0, "a number >= 0"),
+    ("optim.curvature_samples", lambda v: v >= 1, "an integer >= 1"),
+    ("optim.curvature_step", lambda v: v > 0, "a number > 0"),
     ("optim.lambda_mask", lambda v: v >= 0, "a number >= 0"),
     ("optim.anneal_fraction", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("model.occupancy_resolution", lambda v: v == 0 or 8 <= v <= 256, "0 (no grid) or an integer in 8..256"),

@@ -5,6 +5,7 @@ Each step draws ``optim.rays_per_step`` rays from 8 training views (the tri-plan
 minimizes
 
     L1(rgb) + lambda_eikonal * mean_samples (|grad f| - 1)^2 + lambda_mask * BCE(opacity, alpha)
+            [+ lambda_curvature * curvature (off by default; :func:`curvature_loss`)]
 
 the mask term only where the images' alpha is coverage (synthetic RGBA sets; the opacity is then the box's own,
 ``fg_opacity``). Photos without coverage alpha get a background field (``model.background``,
@@ -24,13 +25,29 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from recon.renderers.volume.occupancy import sdf_occupancy
 from recon.renderers.volume.sdf import render_sdf_rays
 from recon.scenes.sdf import NeuralSDF
 from recon.train.triplane import TriPlaneMethod
 
-__all__ = ["SDFMethod"]
+__all__ = ["SDFMethod", "curvature_loss"]
+
+
+def curvature_loss(field: NeuralSDF, points: Tensor, gradient: Tensor, weights: Tensor, eps: float,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """PermutoSDF's curvature loss with analytic normals: at each point the unit normal ``n`` (from ``gradient``)
+    is compared with the normal a distance ``eps`` away along a random tangent ``t``,
+    ``sum_i w_i (1 - n(x_i) . n(x_i + eps t_i)) / sum_i w_i``. Trains through both normals (the second one's
+    second derivatives included). On a sphere of radius ``rho`` it is ``1 - rho / sqrt(rho^2 + eps^2)``."""
+    n = torch.nn.functional.normalize(gradient, dim=-1)
+    t = torch.randn(points.shape, generator=generator).to(points)
+    nd = n.detach()
+    t = torch.nn.functional.normalize(t - (t * nd).sum(-1, keepdim=True) * nd, dim=-1)
+    _, g2, _ = field.sdf_gradient(points.detach() + eps * t, create_graph=True)
+    cos = (n * torch.nn.functional.normalize(g2, dim=-1)).sum(-1)
+    return (weights * (1 - cos)).sum() / weights.sum().clamp_min(1e-12)
 
 
 class SDFMethod(TriPlaneMethod):
@@ -71,6 +88,20 @@ class SDFMethod(TriPlaneMethod):
             f = self.field
             f.occupancy = sdf_occupancy(f.sdf, f.lo, f.hi, m.occupancy_resolution, float(f.inv_s().detach()))
 
+    def _curvature(self, out: dict) -> Tensor:
+        """:func:`curvature_loss` at up to ``optim.curvature_samples`` of the step's samples with rendering
+        weight above 1e-4 (drawn with the run's generator), eps ``optim.curvature_step`` texels of the finest
+        plane."""
+        o, f = self.cfg.optim, self.field
+        w = out["weights"].detach()
+        idx = (w > 1e-4).nonzero()[:, 0]
+        if len(idx) == 0:
+            return w.new_zeros(())
+        if len(idx) > o.curvature_samples:
+            idx = idx[torch.randperm(len(idx), generator=self.generator)[:o.curvature_samples].to(idx.device)]
+        eps = o.curvature_step * float(2 * f.half_extent) / (max(f.resolutions) - 1)
+        return curvature_loss(f, out["points"][idx], out["gradient"][idx], w[idx], eps, self.generator)
+
     def _lr_factor(self) -> float:
         steps = self.cfg.max_steps
         warm = max(1, int(0.02 * steps))
@@ -101,6 +132,10 @@ class SDFMethod(TriPlaneMethod):
         l1 = ((pred - gt).abs() * valid).sum() / (3 * valid.sum().clamp_min(1))
         eikonal = (out["gradient"].norm(dim=-1) - 1).square().mean() if len(out["gradient"]) else pred.new_zeros(())
         loss = l1 + o.lambda_eikonal * eikonal
+        curvature = pred.new_zeros(())
+        if o.lambda_curvature > 0 and len(out["gradient"]):
+            curvature = self._curvature(out)
+            loss = loss + o.lambda_curvature * curvature
         if not self.mask and target.shape[-1] == 4 and o.lambda_mask > 0:
             opacity = out["fg_opacity"].clamp(1e-3, 1 - 1e-3)  # the object's, not its background's
             loss = loss + o.lambda_mask * F.binary_cross_entropy(opacity, a)
@@ -112,5 +147,8 @@ class SDFMethod(TriPlaneMethod):
             self.check_finite()
         with torch.no_grad():
             mse = ((pred - gt).square() * valid).sum() / (3 * valid.sum().clamp_min(1))
-        return {"loss": loss.item(), "psnr": float(-10 * math.log10(max(mse.item(), 1e-10))),
-                "eikonal": float(eikonal.detach()), "inv_s": float(self.field.inv_s().detach())}
+        stats = {"loss": loss.item(), "psnr": float(-10 * math.log10(max(mse.item(), 1e-10))),
+                 "eikonal": float(eikonal.detach()), "inv_s": float(self.field.inv_s().detach())}
+        if o.lambda_curvature > 0:
+            stats["curvature"] = float(curvature.detach())
+        return stats

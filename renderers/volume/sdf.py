@@ -51,7 +51,7 @@ def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generato
                     anneal: float = 1.0, train: bool = False, backend: str = "auto") -> dict:
     """Render ``R`` rays (unit ``dirs``): ``rgb [R, 3]`` (no background color), ``opacity [R, 1]``, ``depth [R, 1]``
     (expected distance, 0 on a miss), ``normal [R, 3]`` (the composited unit gradients), and the foreground
-    samples' ``gradient [S, 3]`` and ``weights [S]`` (for the eikonal loss). ``train``: keep the graph through
+    samples' ``points [S, 3]``, ``gradient [S, 3]`` and ``weights [S]`` (for the eikonal and curvature losses). ``train``: keep the graph through
     the gradient (second derivatives for the eikonal loss). A field with a ``background``
     (:mod:`recon.renderers.volume.background`) composites its samples outside the box with the box's, in depth
     order; ``opacity`` and ``depth`` then count both, ``fg_opacity [R, 1]`` is the box samples' weight."""
@@ -67,7 +67,8 @@ def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generato
     if len(t) == 0 and bg is None:
         zero = origins.new_zeros(R, 1)
         return {"rgb": origins.new_zeros(R, 3), "opacity": zero, "depth": zero, "normal": origins.new_zeros(R, 3),
-                "gradient": origins.new_zeros(0, 3), "weights": origins.new_zeros(0), "fg_opacity": zero}
+                "gradient": origins.new_zeros(0, 3), "weights": origins.new_zeros(0), "fg_opacity": zero,
+                "points": origins.new_zeros(0, 3)}
     S = len(t)
     if S:
         d = dirs[ray]
@@ -96,7 +97,7 @@ def render_sdf_rays(field: NeuralSDF, origins: Tensor, dirs: Tensor, *, generato
     depth = out.depth / out.opacity.clamp_min(1e-6) * (out.opacity > 0)
     return {"rgb": out.rgb[:, :3], "opacity": out.opacity, "depth": depth,
             "normal": torch.nn.functional.normalize(out.rgb[:, 3:], dim=-1), "gradient": grad,
-            "weights": weights, "fg_opacity": fg_opacity}
+            "weights": weights, "fg_opacity": fg_opacity, "points": x if S else origins.new_zeros(0, 3)}
 
 
 @torch.no_grad()
