@@ -77,8 +77,14 @@ def test_nan_points_give_nan_features_and_bad_input_is_refused():
     planes, u = _planes(), _points(n=4)
     bad = u.detach().clone()
     bad[2, 1] = float("nan")
+    bad.requires_grad_(True)
     f = triplane_sample(planes, bad, backend="cpu")
     assert bool(f[2].isnan().all()) and bool(f[[0, 1, 3]].isfinite().all())
+    g_u, *g_p = torch.autograd.grad(f, [bad, *planes], torch.ones_like(f))  # the NaN point adds nothing to planes
+    assert bool(g_u[2].isnan().all()) and bool(g_u[[0, 1, 3]].isfinite().all())
+    f_good = triplane_sample(planes, bad[[0, 1, 3]], backend="cpu")
+    good = torch.autograd.grad(f_good, planes, torch.ones_like(f_good))
+    assert all(torch.equal(a, b) for a, b in zip(g_p, good))
     with pytest.raises(ValueError, match=r"u must be a tensor \[N, 3\]"):
         triplane_sample(planes, u[:, :2], backend="cpu")
     with pytest.raises(ValueError, match=r"planes\[1\] must have shape \[3, C, r, r\]"):

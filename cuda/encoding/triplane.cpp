@@ -17,8 +17,9 @@
 //   forward(u)                 -> F
 //   backward(u, g)             -> gu = sum g dF/du (only where asked), gP = scatter of g with the bilinear weights
 //   backward_backward(u, g, h) -> d<h, gu>/du (the cross terms D), d<h, gu>/dg, d<h, gu>/dP
-// Scatters into the planes accumulate per chunk of points in private buffers, summed in chunk order: the result
-// does not depend on which thread ran which chunk.
+// Scatters into the planes accumulate per chunk of points (one per thread) in private buffers, summed in chunk
+// order: the result does not depend on which thread ran which chunk. A NaN point gets NaN features and NaN
+// gradients and adds nothing to the planes.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -44,10 +45,12 @@ struct Axis {
   float f, s;
 };
 
+inline bool nan_point(const float* u) { return std::isnan(u[0]) || std::isnan(u[1]) || std::isnan(u[2]); }
+
 inline Axis axis(float u, int64_t r) {
   const float half = 0.5f * float(r - 1);
   float x = (u + 1.f) * half, s = half;
-  if (!(x > 0.f)) {  // NaN lands here too; the caller checks
+  if (!(x > 0.f)) {  // NaN lands here too; every op checks its points first (nan_point)
     x = 0.f;
     s = 0.f;
   } else if (x >= float(r - 1)) {
@@ -134,7 +137,7 @@ at::Tensor triplane_forward(const at::Tensor& u, const std::vector<at::Tensor>& 
     for (int64_t n = n0; n < n1; ++n) {
       const float* un = U + 3 * n;
       float* fn = out + n * K;
-      const bool nan = std::isnan(un[0]) || std::isnan(un[1]) || std::isnan(un[2]);
+      const bool nan = nan_point(un);
       for (const auto& L : levels) {
         for (int p = 0; p < 3; ++p) {
           float* f = fn + L.col + p * L.C;
@@ -172,6 +175,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> triplane_backward(const at::Tens
     for (int64_t n = n0; n < n1; ++n) {
       const float* un = U + 3 * n;
       const float* gn = G + n * K;
+      if (nan_point(un)) {  // NaN features in the forward: NaN gradient to the point, nothing to the planes
+        if (GU) std::fill(GU + 3 * n, GU + 3 * n + 3, std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
       for (const auto& L : levels) {
         for (int p = 0; p < 3; ++p) {
           const int a = kAxes[p][0], b = kAxes[p][1];
@@ -227,6 +234,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> triplane_backward_ba
       const float* un = U + 3 * n;
       const float* hn = H + 3 * n;
       const float* gn = G + n * K;
+      if (nan_point(un)) {
+        if (GU) std::fill(GU + 3 * n, GU + 3 * n + 3, std::numeric_limits<float>::quiet_NaN());
+        if (GG) std::fill(GG + n * K, GG + (n + 1) * K, std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
       for (const auto& L : levels) {
         for (int p = 0; p < 3; ++p) {
           const int a = kAxes[p][0], b = kAxes[p][1];

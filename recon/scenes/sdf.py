@@ -4,9 +4,9 @@ direction (:mod:`recon.renderers.volume.sdf` renders it with the NeuS alpha).
 
 Encoding (measured choice, docs/fields.md): at each level the three axis-aligned planes (xy, xz, yz) are sampled
 bilinearly at the point's projections and their features are *concatenated* (an SDF needs smooth, independent
-axes more than the Hadamard product's axis-aligned structure); the levels are concatenated too. torch's
-``grid_sample`` is twice differentiable, which the eikonal loss needs (the gradient of the SDF is itself
-trained).
+axes more than the Hadamard product's axis-aligned structure); the levels are concatenated too. The encoding
+(:mod:`recon.renderers.volume.encoding`: a C++ kernel, or torch's ``grid_sample`` as its twin) provides the
+second derivatives the eikonal loss needs (the gradient of the SDF is itself trained).
 
 Initialization: the SDF is a sphere plus a learned residual, ``sdf(x) = h (|p| - r + g(p, features))`` with
 ``p = (x - c) / h`` (``c``, ``h``: the box's center and half extent, ``r``: ``init_radius``) and the residual
@@ -123,8 +123,9 @@ class NeuralSDF(nn.Module):
             feats = triplane_sample(self.planes, u, backend=self.encoding_backend)
             sdf, geo = self._decode(xp, feats)
             g_x, g_f = torch.autograd.grad(sdf, (xp, feats), torch.ones_like(sdf), create_graph=create_graph)
-            g_u = triplane_sample_vjp_u(self.planes, u, g_f, backend=self.encoding_backend)
-            grad = g_x + g_u * (2 / (self.hi - self.lo))
+            with torch.set_grad_enabled(create_graph):  # no graph (nor the twin's double backward) unless asked
+                g_u = triplane_sample_vjp_u(self.planes, u, g_f, backend=self.encoding_backend)
+                grad = g_x + g_u * (2 / (self.hi - self.lo))
             if not create_graph:
                 grad = grad.detach()
         return sdf, grad, geo

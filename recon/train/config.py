@@ -374,7 +374,7 @@ class SDFOptimConfig:
     curvature_samples: int = 2048
     """Samples per step the curvature loss is taken at (drawn among those with rendering weight > 1e-4)."""
     curvature_step: float = 1.0
-    """eps of the curvature loss, in texels of the finest plane."""
+    """eps of the curvature loss, in texels of the finest plane along the box's longest side."""
     anneal_fraction: float = 0.1
     """Fraction of the steps over which NeuS's cosine is annealed to the exact |cos|."""
     grid_start: float = 0.1

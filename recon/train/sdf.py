@@ -91,7 +91,7 @@ class SDFMethod(TriPlaneMethod):
     def _curvature(self, out: dict) -> Tensor:
         """:func:`curvature_loss` at up to ``optim.curvature_samples`` of the step's samples with rendering
         weight above 1e-4 (drawn with the run's generator), eps ``optim.curvature_step`` texels of the finest
-        plane."""
+        plane along the box's longest side."""
         o, f = self.cfg.optim, self.field
         w = out["weights"].detach()
         idx = (w > 1e-4).nonzero()[:, 0]

@@ -5,7 +5,7 @@
 plane ``(a, b)`` reads axis ``a`` along a texel row and ``b`` down the columns, as ``grid_sample``'s (x, y)); at
 points ``u [N, 3]`` in ``[-1, 1]^3`` each plane is sampled bilinearly at the point's projection, texel centers on
 the corners (``align_corners=True``) and coordinates clamped to the border (their derivative 0 outside, as
-``grid_sample``'s ``padding_mode="border"``). The result is ``[N, K]``, ``K = sum_l 3 C_l``, columns ordered by
+``grid_sample``'s ``padding_mode="border"``): ``grid_sample``'s result up to float rounding. The result is ``[N, K]``, ``K = sum_l 3 C_l``, columns ordered by
 level, then plane, then channel: the concatenation a neural SDF decodes; a K-Planes field multiplies the three
 planes of a level.
 
@@ -15,10 +15,16 @@ weights train through it), to the planes, and to ``u`` (bilinear interpolation's
 cross term ``d2f/dx dy``). A neural SDF computes its normal with it without a second pass through the encoding's
 backward, and the eikonal loss trains the planes through it.
 
+Differentiability: ``triplane_sample`` twice (its gradient with respect to the points is
+``triplane_sample_vjp_u``, differentiable once more), enough for an eikonal or curvature loss. With the ``cpu``
+backend the planes' gradients and ``triplane_sample_vjp_u``'s own gradients carry no graph: a third derivative,
+or a second one through the planes' gradient (a penalty on the planes' gradient, a Hessian with respect to the
+planes), needs the ``torch`` backend.
+
 Backends: ``cpu`` (C++, ``cuda/encoding/triplane.cpp``: one pass over the points per op, every level at once,
 on a channels-last copy of the planes made once per call;
-the scatter into the planes accumulates in one private buffer per chunk of points, summed in chunk order, so
-results do not depend on thread scheduling) and ``torch`` (``grid_sample``, the twin; any device and dtype;
+the scatter into the planes accumulates in one private buffer per chunk of points (one chunk per thread),
+summed in chunk order, so results do not depend on thread scheduling, only on the thread count) and ``torch`` (``grid_sample``, the twin; any device and dtype;
 ``triplane_sample_vjp_u`` through autograd with ``create_graph``). ``auto`` picks ``cpu`` for float32 CPU
 tensors when the kernels build.
 """
