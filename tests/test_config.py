@@ -86,7 +86,7 @@ def test_mesh_pbr_round_trip_and_schema1_runs_keep_their_behaviour(tmp_path):
     body = yaml.safe_load((tmp_path / "config.yaml").read_text())
     body["schema_version"] = 1
     for key in ("interreflection", "light_warmup", "roughness_search", "roughness_search_spp",
-                "roughness_candidates"):
+                "roughness_candidates", "albedo_zero_shrink", "albedo_zero_below"):
         del body["optim"][key]
     del body["model"]["init_albedo"]
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(body))
@@ -94,10 +94,23 @@ def test_mesh_pbr_round_trip_and_schema1_runs_keep_their_behaviour(tmp_path):
     assert (old.optim.interreflection, old.optim.light_warmup, old.optim.roughness_search,
             old.model.init_albedo) == (False, 0, 0, "stage1")
     assert not explains_interreflection(old)
+    assert old.optim.albedo_zero_shrink == 0.0
+    # A schema-2 run predates the zero shrink of the base color: it keeps training without it.
+    body["schema_version"] = 2
+    (tmp_path / "v2.yaml").write_text(yaml.safe_dump(body))
+    _, v2 = load_config_file(tmp_path / "v2.yaml")
+    assert v2.optim.albedo_zero_shrink == 0.0 and v2.optim.interreflection
+    assert cfg.optim.albedo_zero_shrink == 1.0 and back.optim.albedo_zero_shrink == 1.0
+    sdf_body = yaml.safe_load(yaml.safe_dump(body))
+    sdf_body["method"] = "sdf-pbr"
+    (tmp_path / "sdf-v2.yaml").write_text(yaml.safe_dump(sdf_body))
+    method, sdf_v2 = load_config_file(tmp_path / "sdf-v2.yaml")
+    assert method == "sdf-pbr" and sdf_v2.optim.albedo_zero_shrink == 0.0
     del body["schema_version"]  # a preset: today's defaults
     (tmp_path / "preset.yaml").write_text(yaml.safe_dump(body))
     _, preset = load_config_file(tmp_path / "preset.yaml")
     assert preset.optim.interreflection and preset.model.init_albedo == "constant"
+    assert preset.optim.albedo_zero_shrink == 1.0
     body["schema_version"] = 7
     (tmp_path / "future.yaml").write_text(yaml.safe_dump(body))
     with pytest.raises(ValueError, match=r"future\.yaml: schema_version 7 is not supported"):

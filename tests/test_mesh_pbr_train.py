@@ -242,10 +242,22 @@ def test_mesh_pbr_from_the_ground_truth_mesh(bob, tmp_path, capsys):
     assert "'model.init_mesh' must be an existing mesh file" in err and "missing.glb" in err, err
 
 
-def test_light_warmup_holds_the_base_color_and_material(bob, tmp_path):
+def test_light_warmup_holds_the_base_color_and_material(bob, tmp_path, monkeypatch):
     """`model.init_albedo constant` + `optim.light_warmup`: the material stage starts from one base color (the
     mean of the initial colors) and, for the warm-up steps, base color and roughness-metallic hold still while
-    the light (and the vertices) learn, so the light, not the base color, takes up the shading first."""
+    the light (and the vertices) learn, so the light, not the base color, takes up the shading first. The
+    zero shrink of the base color (`optim.albedo_zero_shrink`) waits for the warm-up too, then acts every step
+    by the texture's learning rate under 0.02 of each texel's brightest channel."""
+    import recon.train.mesh_pbr as mesh_pbr
+
+    calls = []
+    original = mesh_pbr.shrink_small
+
+    def spy(values, below, amount):
+        calls.append((values.detach().clone(), below.detach().clone(), amount))
+        return original(values, below, amount)
+
+    monkeypatch.setattr(mesh_pbr, "shrink_small", spy)
     run = tmp_path / "run"
     args = ["train", "mesh-pbr", "--data", str(bob), "--output", str(run), *TINY, "--optim.geometry-steps", "0",
             "--model.init-mesh", str(bob / "gt_asset.glb"), "--model.no-cull-hidden", "--max-steps", "6",
@@ -263,6 +275,10 @@ def test_light_warmup_holds_the_base_color_and_material(bob, tmp_path):
     after = load_checkpoint(run / "checkpoints" / "step-0000006.pt")["model"]
     assert float((after["texture"] - tex).abs().max()) > 1e-3  # the base color learns after the warm-up
     assert float((after["material"] - warm["material"]).abs().max()) > 0.001
+    assert len(calls) == 3  # steps 4..6, none in the warm-up
+    for values, below, amount in calls:
+        torch.testing.assert_close(below, 0.02 * values.amax(-1, keepdim=True))
+        assert 1e-3 < amount <= 0.02  # optim.lr_texture (2e-2) on its decay
 
 
 def test_known_light_from_a_file(bob, tmp_path, capsys, monkeypatch):
@@ -367,3 +383,78 @@ def test_monochrome_shading_loss():
     assert loss.item() > 0.01
     loss.backward()
     assert torch.isfinite(darker.grad).all() and (darker.grad[alpha[..., 0] > 0] < 0).all()
+
+
+def test_shrink_small_reaches_exact_zeros_where_the_data_is_indifferent():
+    """`optim.albedo_zero_shrink`: the proximal step moves only entries under the threshold, by the amount and
+    not past 0. Inside Adam at the default strength, channels whose data hovers near 0 (image noise plus a small
+    bias, as bob_field's body blue) end exactly at 0, which plain Adam never reaches, while a bright channel
+    keeps its value."""
+    from recon.train.mesh_pbr import shrink_small
+
+    v = torch.tensor([-0.01, 0.0, 0.005, 0.019, 0.02, 0.5])
+    shrink_small(v, 0.02, 0.01)
+    assert v.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.009, 0.02, 0.5])
+
+    def fit(target: float, shrink: float) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        x = torch.nn.Parameter(torch.full((500,), 0.1))
+        opt = torch.optim.Adam([x], lr=0.01)
+        for step in range(600):
+            lr = 0.01 * 0.1 ** (step / 600)  # the material stage's decay to lr_final_fraction 0.1
+            opt.param_groups[0]["lr"] = lr
+            noisy = target + 0.02 * torch.randn(500, generator=g)
+            loss = (x - noisy).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                shrink_small(x, 0.02, shrink * lr)
+                x.clamp_(0, 1)
+        return x.detach()
+
+    plain, zeroed = fit(0.002, 0.0), fit(0.002, 1.0)
+    assert float((plain == 0).float().mean()) < 0.5 and float(plain.median()) > 5e-4
+    assert bool((zeroed == 0).all())
+    bright = fit(0.4, 1.0)
+    assert float((bright - 0.4).abs().median()) < 0.01
+
+
+def test_albedo_normal_correlation_sees_shading_in_the_base_color():
+    """`optim.lambda_albedo_normal`: zero for a base color that does not depend on the normal (a constant, also
+    where the normals cover only part of the sphere, or too few pixels to tell), about the variance of a
+    shading factor painted in (log(1 + 0.3 n_z): mean square ~0.03), small for colors unrelated to the normal;
+    channels under the floor and pixels of weight 0 do not count, and the gradient lowers the painted-in
+    part."""
+    from recon.train.mesh_pbr import albedo_normal_correlation
+
+    g = torch.Generator().manual_seed(0)
+    n = torch.nn.functional.normalize(torch.randn(4000, 3, generator=g), dim=-1)
+    w = torch.ones(4000, 1)
+    const = torch.full((4000, 3), 0.5)
+    assert albedo_normal_correlation(const, n, w).item() < 1e-9
+    # Normals that cover part of the sphere only (one direction, a narrow cone, a hemisphere): a constant color
+    # is still not a function of them.
+    up = torch.tensor([0.0, 0.0, 1.0])
+    cone = torch.nn.functional.normalize(up + 0.05 * torch.randn(4000, 3, generator=g), dim=-1)
+    for partial in (up.expand(4000, 3), cone, n.abs()):
+        assert albedo_normal_correlation(const, partial, w).item() < 1e-9
+    assert albedo_normal_correlation(torch.rand(100, 3, generator=g), n[:100], w[:100]).item() == 0.0  # too few
+    unrelated = torch.rand(4000, 3, generator=g) * 0.5 + 0.2
+    assert albedo_normal_correlation(unrelated, n, w).item() < 2e-3
+    factor = 1 + 0.3 * n[:, 2:3]
+    painted = (torch.tensor([0.8, 0.5, 0.3]) * factor).requires_grad_(True)
+    loss = albedo_normal_correlation(painted, n, w)
+    expected = float(torch.log(factor).var())
+    assert loss.item() == pytest.approx(expected, rel=0.05)
+    loss.backward()
+    up = n[:, 2] > 0.5
+    assert (painted.grad[up] > 0).all() and (painted.grad[n[:, 2] < -0.5] < 0).all()
+    # A black blue channel (under the floor) and weight-0 pixels change nothing.
+    black_blue = painted.detach().clone()
+    black_blue[:, 2] = 0.0
+    assert albedo_normal_correlation(black_blue, n, w).item() == pytest.approx(expected * 2 / 3, rel=0.05)
+    half = torch.cat([torch.ones(2000, 1), torch.zeros(2000, 1)])
+    mixed = torch.cat([painted.detach()[:2000], unrelated[2000:] * 5], 0)
+    assert albedo_normal_correlation(mixed, n, half).item() == pytest.approx(
+        albedo_normal_correlation(painted.detach()[:2000], n[:2000], w[:2000]).item(), rel=1e-4)

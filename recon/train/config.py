@@ -12,12 +12,17 @@ from typing import Literal
 
 import yaml
 
-SCHEMA_VERSION = 2
-# Run configs are saved with every field. A schema-1 config predates these mesh-pbr fields; when it lacks them
-# it gets the behaviour it was trained with, not today's defaults (so `recon eval` / `--resume` of an old run
-# stay what they were).
-_SCHEMA1_DEFAULTS = {"mesh-pbr": {"model": {"init_albedo": "stage1"},
-                                  "optim": {"interreflection": False, "light_warmup": 0, "roughness_search": 0}}}
+SCHEMA_VERSION = 3
+# Run configs are saved with every field. An older config predates the fields below; when it lacks them it gets
+# the behaviour it was trained with, not today's defaults (so `recon eval` / `--resume` of an old run stay what
+# they were). Keyed by the last schema without the fields.
+# A config of schema v gets the entries of every key >= v.
+_SCHEMA2_PBR = {"optim": {"albedo_zero_shrink": 0.0}}
+_OLD_DEFAULTS = {
+    1: {"mesh-pbr": {"model": {"init_albedo": "stage1"},
+                     "optim": {"interreflection": False, "light_warmup": 0, "roughness_search": 0}}},
+    2: {"mesh-pbr": _SCHEMA2_PBR, "sdf-pbr": _SCHEMA2_PBR},
+}
 
 
 @dataclass
@@ -467,6 +472,22 @@ class MeshPBROptimConfig(MeshOptimConfig):
     """Adam learning rate of the light's log-radiance texels."""
     lambda_albedo_smooth: float = 0.02
     """Weight of the total variation of the base-color texture (nvdiffrec's kd smoothness, in texture space)."""
+    albedo_zero_shrink: float = 1.0
+    """Exact zeros in the base color: after every step, a base-color channel below `albedo_zero_below` times
+    its texel's brightest channel shrinks by this fraction of the texture's current learning rate (a proximal
+    L1 step on those values only). Adam's steps are at most about the learning rate, so at 1 such a channel
+    stays only where the images ask for it step after step; one they are nearly indifferent to (under image
+    noise and the shading's small biases, e.g. the blue of bob_field's orange body) reaches exactly 0, as the
+    base colors of saturated materials have. Relative, so the unknown scale shared by base color and light
+    does not matter and dark but neutral colors are left alone. 0: off."""
+    albedo_zero_below: float = 0.02
+    """Fraction of a texel's brightest base-color channel under which `albedo_zero_shrink` acts on its other
+    channels."""
+    lambda_albedo_normal: float = 0.0
+    """Weight of the albedo-orientation prior: the part of the log base color (per channel, at the covered
+    pixels of each step's views) that band-3 spherical harmonics of the surface normal explain, as a mean
+    square. A light wrong by a factor f(n) and a base color times f(n) render the same diffuse images; the
+    prior hands that part to the light (recon.train.mesh_pbr.albedo_normal_correlation). 0: off."""
     light_warmup: int = 200
     """First steps of the material stage in which base color and roughness-metallic hold still while the light
     (and the vertices) learn: per-texel base colors adapt faster than a light can, and would otherwise absorb
@@ -628,6 +649,8 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
     ("optim.transfer_every", lambda v: v >= 1, "an integer >= 1"),
     ("optim.mc_spp", lambda v: v >= 1, "an integer >= 1"),
     ("optim.light_warmup", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.albedo_zero_shrink", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("optim.albedo_zero_below", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("optim.roughness_search", lambda v: v >= 0, "an integer >= 0"),
     ("optim.roughness_search_spp", lambda v: v >= 1, "an integer >= 1"),
     ("optim.roughness_candidates", lambda v: len(v) >= 1 and all(0 < x <= 1 for x in v),
@@ -641,7 +664,8 @@ _RULES: list[tuple[str, typing.Callable[[object], bool], str]] = [
      ("lr_means", "lr_means_final", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scales", "lr_quats",
       "lr_sdf", "lr_deform", "lr_color", "lr_vertices", "lr_texture", "lambda_mask", "lambda_sdf",
       "lambda_laplacian", "lambda_normal", "lr_material", "lr_light", "lambda_albedo_smooth",
-      "lambda_material_smooth", "lambda_shading", "lambda_light_white", "lambda_metallic")
+      "lambda_material_smooth", "lambda_shading", "lambda_light_white", "lambda_metallic",
+      "lambda_albedo_normal")
 ] + [(f"pbr.{n}", lambda v: v >= 0, "a number >= 0") for n in
      ("lambda_normal", "lambda_flat", "geometry_lr_scale", "lambda_albedo_smooth", "lambda_roughness_smooth")]
 
@@ -777,12 +801,12 @@ def load_config_file(path: Path) -> tuple[str, object]:
     data = dict(data)
     method = data.pop("method", "gaussians")
     version = data.pop("schema_version", SCHEMA_VERSION)
-    if version not in (1, SCHEMA_VERSION):
-        raise ValueError(f"{path}: schema_version {version} is not supported (expected 1 or {SCHEMA_VERSION})")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {version} is not supported (expected 1 to {SCHEMA_VERSION})")
     if method not in METHODS:
         raise ValueError(f"{path}: field 'method' must be one of {sorted(METHODS)}, got {method!r}")
-    if version == 1:
-        for section, fields in _SCHEMA1_DEFAULTS.get(method, {}).items():
+    for old in (v for v in _OLD_DEFAULTS if v >= version):  # the run's own keys win over all of these
+        for section, fields in _OLD_DEFAULTS[old].get(method, {}).items():
             if isinstance(data.get(section), dict):
                 data[section] = {**fields, **data[section]}
     cfg = from_dict(METHODS[method], data, where=str(path))

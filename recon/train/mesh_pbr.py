@@ -34,8 +34,9 @@ from recon.shading.envmap import EnvLight
 from recon.shading.prt import TRANSFER_CHANNELS
 from recon.train.mesh import GEOMETRY, MeshMethod
 
-__all__ = ["MeshPBRMethod", "SDFPBRMethod", "explains_interreflection", "explains_shadows", "light_white_prior",
-           "monochrome_shading_loss", "search_roughness", "total_variation"]
+__all__ = ["MeshPBRMethod", "SDFPBRMethod", "albedo_normal_correlation", "explains_interreflection",
+           "explains_shadows", "light_white_prior", "monochrome_shading_loss", "search_roughness", "shrink_small",
+           "total_variation"]
 
 
 def explains_shadows(cfg) -> bool:
@@ -72,10 +73,63 @@ def monochrome_shading_loss(shading: torch.Tensor, images: torch.Tensor) -> torc
     return ((tonemap(pred) - tonemap(ref)) * images[..., 3:]).abs().mean()
 
 
+def albedo_normal_correlation(albedo: torch.Tensor, normal: torch.Tensor, weight: torch.Tensor,
+                              floor: float = 0.02) -> torch.Tensor:
+    """How much of the base color is a function of the surface orientation: per channel, the weighted
+    least-squares fit of ``log(albedo_c)`` by the real spherical harmonics of the normal up to band 3
+    (:func:`recon.shading.prt.sh_basis`), and the weighted mean square of the fitted part without its constant,
+    averaged over the channels.
+
+    ``albedo [..., 3]`` linear, ``normal [..., 3]`` unit world normals, ``weight [..., 1]`` (0 off the object).
+    Pixels where a channel is under ``floor`` do not count for that channel (a log of ~0 says nothing about
+    shading). Gradients reach the albedo only (the normals and the weights are constants).
+
+    Why: with a free base color per texel, a light whose irradiance is off by a factor ``f(n)`` of the normal
+    and a base color times ``f(n)`` render the same diffuse images; what breaks the tie (specular, shadows,
+    interreflection) is weak, so the base color takes up part of the light's error (bob_field's sdf-pbr base
+    color: 67-71 % of its log error is such a function of the normal). The true base color of an object is
+    not, in general, a function of where its surface faces; penalizing that part hands it to the light."""
+    from recon.shading.prt import sh_basis
+
+    a = albedo.reshape(-1, 3)
+    keep = weight.detach().reshape(-1) > 0
+    a = a[keep]
+    w = weight.detach().reshape(-1, 1)[keep].double()
+    basis = sh_basis(normal.detach().reshape(-1, 3)[keep].double())[:, 1:]  # [P, 15]: bands 1..3
+    total = albedo.new_zeros(())
+    for c in range(3):
+        wc = w * (a[:, c:c + 1].detach() > floor)
+        mass = float(wc.sum())
+        if int((wc > 0).sum()) < 10 * (basis.shape[1] + 1):  # too few samples to say what the normal explains
+            continue
+        y = torch.log(a[:, c:c + 1].clamp_min(floor)).double()
+        # An unpenalized intercept: center by the weighted means, so no share of a constant leaks into bands
+        # 1..3 (normals that cover only part of the sphere make them far from orthogonal to it).
+        b_mean = (wc * basis).sum(0, keepdim=True) / mass
+        y_mean = (wc * y).sum() / mass
+        bc, yc = basis - b_mean, y - y_mean
+        gram = bc.T @ (wc * bc)
+        gram = gram + 1e-6 * float(gram.diagonal().mean().clamp_min(1e-12)) * torch.eye(
+            gram.shape[0], dtype=gram.dtype, device=gram.device)
+        coef = torch.linalg.solve(gram, bc.T @ (wc * yc))
+        fitted = bc @ coef
+        total = total + ((wc * fitted * fitted).sum() / mass).to(total.dtype)
+    return total / 3
+
+
 def light_white_prior(radiance: torch.Tensor) -> torch.Tensor:
     """``mean |L_c - mean_c L| / mean L`` over ``radiance [H, W, 3]``: zero for a gray (white-balanced) light."""
     gray = radiance.mean(-1, keepdim=True)
     return (radiance - gray).abs().mean() / gray.mean().clamp_min(1e-6)
+
+
+@torch.no_grad()
+def shrink_small(values: torch.Tensor, below, amount: float) -> torch.Tensor:
+    """Proximal L1 step on the small entries only, in place: entries under ``below`` (a number, or a tensor
+    broadcast against ``values``) move ``amount`` towards 0 (not past it); the others are untouched. Returns
+    ``values``."""
+    small = values < below
+    return values.sub_(small * amount).clamp_(min=0)
 
 
 def _search_downscale(size) -> int:
@@ -317,12 +371,18 @@ class MeshPBRMethod(MeshMethod):
 
     def _image_regularizers(self, out, images: torch.Tensor) -> torch.Tensor:
         o = self.cfg.optim
-        if o.lambda_shading <= 0:
-            return torch.zeros((), device=self.device)
-        # On the object only: in photo mode the images' alpha marks valid pixels, not coverage.
-        covered = images[..., 3:] * out.alpha.detach()
-        return o.lambda_shading * monochrome_shading_loss(out.gbuffer["shading"],
-                                                          torch.cat([images[..., :3], covered], -1))
+        loss = torch.zeros((), device=self.device)
+        if o.lambda_shading > 0:
+            # On the object only: in photo mode the images' alpha marks valid pixels, not coverage.
+            covered = images[..., 3:] * out.alpha.detach()
+            loss = loss + o.lambda_shading * monochrome_shading_loss(out.gbuffer["shading"],
+                                                                     torch.cat([images[..., :3], covered], -1))
+        if o.lambda_albedo_normal > 0 and out.normal is not None:
+            # Pixel centers the mesh covers (the G-buffer's samples) that the images count as object.
+            covered = (out.aux.rast[..., 3:4] > 0).float() * (images[..., 3:] > 0.5).float()
+            loss = loss + o.lambda_albedo_normal * albedo_normal_correlation(out.gbuffer["albedo"], out.normal,
+                                                                              covered)
+        return loss
 
     def step(self) -> dict:
         o = self.cfg.optim
@@ -335,11 +395,28 @@ class MeshPBRMethod(MeshMethod):
             # Projected gradient steps: texels stay in the valid range (a clamp in the render alone would leave
             # texels outside it without gradient, stuck).
             with torch.no_grad():
+                self._shrink_small_albedo()
                 self.texture.clamp_(0, 1)
                 self.material.clamp_(0, 1)
             if o.roughness_search > 0 and explains_shadows(self.cfg) and self.step_index == self.cfg.max_steps:
                 stats["roughness"] = self._search_roughness()
         return stats
+
+    def _shrink_small_albedo(self) -> None:
+        """``optim.albedo_zero_shrink``: a proximal L1 step on the base-color channels below
+        ``optim.albedo_zero_below`` times their texel's brightest channel, by that fraction of the texture's
+        current learning rate (0 during the light warm-up), so that the weak channels of saturated colors that
+        the images do not hold up reach exact zeros."""
+        o = self.cfg.optim
+        if o.albedo_zero_shrink <= 0:
+            return
+        lr = next((g["lr"] for g in self.optimizer.param_groups if g["params"][0] is self.texture), 0.0)
+        if lr <= 0:
+            return
+        # Relative to the texel's brightest channel: base color and light share an unknown scale, and a dark
+        # but neutral texel has no channel to zero.
+        limit = o.albedo_zero_below * self.texture.amax(-1, keepdim=True)
+        shrink_small(self.texture, limit, o.albedo_zero_shrink * lr)
 
     @torch.no_grad()
     def _search_roughness(self) -> float:
