@@ -58,10 +58,13 @@ class SourceArgs:
     """Shading of relightable scenes: "splitsum" (fast, no shadows), "mc" (Monte Carlo with shadow rays);
     "auto": mc for relight and for runs whose training explained self-shadowing (mesh-pbr's shadow_samples or
     mc_steps, as their own evaluation does), splitsum otherwise."""
-    spp: int = 64
-    """Monte Carlo samples per pixel and strategy (light, BRDF)."""
-    supersample: int = 1
-    """Shade N x N sub-pixel samples per pixel (anti-aliasing like a path tracer's pixel filter)."""
+    spp: int | None = None
+    """Monte Carlo samples per pixel and strategy (light, BRDF). Default: for `recon eval` of a PBR run, what the
+    run's own final evaluation used (mesh-pbr: 16 in all over the sub-pixels for novel views, `relight_spp` for
+    relit views); 64 otherwise."""
+    supersample: int | None = None
+    """Shade N x N sub-pixel samples per pixel (anti-aliasing like a path tracer's pixel filter). Default: for
+    `recon eval` of a PBR run, the run's `eval_supersample`; 1 otherwise."""
     indirect: Literal["auto", "on", "off"] = "auto"
     """Monte Carlo: one bounce of indirect light (interreflections; slower). "auto": on for `recon relight` and
     for runs whose training modelled it (mesh-pbr's optim.interreflection, as their own evaluation does), off
@@ -368,21 +371,42 @@ def _run_integrator(cfg) -> str:
     return "mc" if cfg is not None and explains_shadows(cfg) else "splitsum"
 
 
+def _shading_overrides(src: SourceArgs) -> dict:
+    """The shading options given on the command line (the others keep their defaults)."""
+    if (src.spp is not None and src.spp < 1) or (src.supersample is not None and src.supersample < 1):
+        raise ValueError(f"--spp and --supersample must be >= 1, got {src.spp} and {src.supersample}")
+    given = {"spp": src.spp, "supersample": src.supersample,
+             "integrator": None if src.integrator == "auto" else src.integrator,
+             "indirect": None if src.indirect == "auto" else src.indirect == "on"}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _evaluation_plan(cfg) -> tuple | None:
+    """A PBR run's own evaluation settings (novel views' shading, relit views' keyword arguments), else None."""
+    from recon.train.config import GaussianPBRTrainConfig, MeshPBRTrainConfig
+
+    if isinstance(cfg, MeshPBRTrainConfig):  # sdf-pbr's config derives from it
+        from recon.train.mesh_pbr import evaluation_plan
+    elif isinstance(cfg, GaussianPBRTrainConfig):
+        from recon.train.gaussians_pbr import evaluation_plan
+    else:
+        return None
+    return evaluation_plan(cfg)
+
+
 def _settings(src: SourceArgs, background: torch.Tensor, integrator: str = "splitsum", cfg=None,
               relight: bool = False, scene=None):
     from recon.renderers import RenderSettings, ShadingSettings
     from recon.train.mesh_pbr import explains_interreflection
 
-    if src.spp < 1 or src.supersample < 1:
-        raise ValueError(f"--spp and --supersample must be >= 1, got {src.spp} and {src.supersample}")
     from recon.scenes.gaussians_pbr import PBRGaussianScene
 
     # The indirect bounce needs surface hits (meshes); relightable Gaussians trace shadow rays only.
     bounces = not isinstance(getattr(scene, "geometry", None), PBRGaussianScene)
     indirect = src.indirect == "on" or (src.indirect == "auto" and bounces and (
         relight or (cfg is not None and explains_interreflection(cfg))))
-    shading = ShadingSettings(integrator=integrator if src.integrator == "auto" else src.integrator, spp=src.spp,
-                              supersample=src.supersample, indirect=indirect)
+    shading = ShadingSettings(integrator=integrator, spp=64, supersample=1, indirect=indirect)
+    shading = replace(shading, **_shading_overrides(src))
     from recon.renderers import GaussianSettings
 
     method = src.gaussians_method
@@ -403,7 +427,13 @@ def cmd_eval(args: list[str]) -> int:
     bg = torch.tensor(data.background, dtype=torch.float32, device=scene_device(scene))
     from recon.evaluate import alpha_is_mask
 
-    summary = evaluate_split(scene, data.test, bg, _settings(a, bg, _run_integrator(cfg), cfg),
+    settings = _settings(a, bg, _run_integrator(cfg), cfg)
+    # A PBR run is evaluated as its training's final evaluation did, unless options say otherwise.
+    plan = _evaluation_plan(cfg)
+    if plan is not None:
+        settings = replace(settings, shading=replace(plan[0], **_shading_overrides(a)))
+    relit_options = {**(plan[1] if plan is not None else {"spp": 64, "supersample": 1}), **_shading_overrides(a)}
+    summary = evaluate_split(scene, data.test, bg, settings,
                              mask=alpha_is_mask(cfg.alpha_mode if cfg else "auto", data.format))
     from recon.scenes.lit import LitScene
 
@@ -411,8 +441,7 @@ def cmd_eval(args: list[str]) -> int:
         from recon.evaluate_pbr import evaluate_inverse_rendering
 
         ir = evaluate_inverse_rendering(scene, data, bg, downscale=a.downscale or (cfg.downscale if cfg else 1),
-                                        spp=a.spp, supersample=a.supersample,
-                                        integrator=None if a.integrator == "auto" else a.integrator)
+                                        **relit_options)
         if ir is not None:
             summary["inverse_rendering"] = ir
             print("recon eval: " + ", ".join(f"{k} {ir[k]}" for k in ("albedo_psnr", "roughness_mae",

@@ -71,6 +71,24 @@ def test_train_mesh_pbr_writes_run_and_inverse_rendering_metrics(pbr_run):
     assert len(list((pbr_run / "renders" / "test").glob("*.png"))) == 20
 
 
+def test_recon_eval_of_a_run_repeats_its_final_evaluation(pbr_run, tmp_path):
+    """`recon eval RUN` shades as the run's final evaluation did (its eval_supersample, relight_spp and indirect
+    bounce), so it reproduces eval.json; a shading option given on the command line overrides that one only."""
+    trained = json.loads((pbr_run / "eval.json").read_text())
+    assert main(["eval", str(pbr_run), "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["inverse_rendering"]["relight_integrator"] == trained["inverse_rendering"]["relight_integrator"]
+    assert abs(again["psnr"] - trained["psnr"]) < 0.05, (again["psnr"], trained["psnr"])
+    for key in ("albedo_psnr", "roughness_mae", "normal_mae_deg", "relight_psnr", "relight_psnr_unaligned"):
+        assert abs(again["inverse_rendering"][key] - trained["inverse_rendering"][key]) < 0.05, key
+    assert main(["eval", str(pbr_run), "--out", str(tmp_path / "other.json"), "--supersample", "1",
+                 "--indirect", "off"]) == 0
+    other = json.loads((tmp_path / "other.json").read_text())
+    assert other["inverse_rendering"]["relight_integrator"] == {"integrator": "mc", "spp": 2, "supersample": 1,
+                                                                "indirect": False}
+    assert other["psnr"] != again["psnr"]
+
+
 def test_mesh_pbr_exports(pbr_run, tmp_path):
     from recon.export.mesh_io import load_mesh
     from recon.scenes.lit import LitScene

@@ -91,6 +91,16 @@ def edge_aware_tv(value: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor,
     return total
 
 
+def evaluation_plan(cfg) -> tuple[ShadingSettings, dict]:
+    """How a gaussians-pbr run's own evaluation shades (the trainer's and ``recon eval RUN``'s defaults): split-sum
+    with the baked self-shadowing, the model the material stage fits (see the module docstring), on
+    ``eval_supersample`` x ``eval_supersample`` sub-pixels, for the novel views and the relit ones (keyword
+    arguments of :func:`recon.evaluate_pbr.evaluate_inverse_rendering`)."""
+    ss = cfg.eval_supersample
+    shading = ShadingSettings(integrator="splitsum", shadows=cfg.pbr.shadow_samples > 0, supersample=ss)
+    return shading, {"spp": cfg.relight_spp, "supersample": ss, "seed": cfg.seed, "integrator": "splitsum"}
+
+
 class GaussianPBRMethod(GaussianMethod):
     """The 3DGS method with a depth-normal consistency, then a material stage (module docstring)."""
 
@@ -98,9 +108,7 @@ class GaussianPBRMethod(GaussianMethod):
     state_keys = frozenset({"optimizer", "densify", "pbr"})
 
     def render_settings(self) -> RenderSettings:
-        # Split-sum with the baked self-shadowing: the model the material stage fits (see the module docstring).
-        shading = ShadingSettings(integrator="splitsum", shadows=self.cfg.pbr.shadow_samples > 0,
-                                  supersample=self.cfg.eval_supersample)
+        shading, _ = evaluation_plan(self.cfg)
         return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading,
                               gaussians=GaussianSettings())
 
@@ -294,8 +302,7 @@ class GaussianPBRMethod(GaussianMethod):
         from recon.evaluate_pbr import evaluate_inverse_rendering
 
         ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
-                                        spp=self.cfg.relight_spp, supersample=self.cfg.eval_supersample,
-                                        seed=self.cfg.seed, integrator="splitsum")
+                                        **evaluation_plan(self.cfg)[1])
         if ir is not None:
             summary["inverse_rendering"] = ir
 

@@ -132,6 +132,22 @@ def shrink_small(values: torch.Tensor, below, amount: float) -> torch.Tensor:
     return values.sub_(small * amount).clamp_(min=0)
 
 
+def evaluation_plan(cfg) -> tuple[ShadingSettings, dict]:
+    """How a mesh-pbr / sdf-pbr run's own evaluation shades (the trainer's and ``recon eval RUN``'s defaults):
+    the novel views' shading, and the keyword arguments of
+    :func:`recon.evaluate_pbr.evaluate_inverse_rendering` for the relit views.
+
+    Novel views: with self-shadowing (shadow_samples or mc_steps) the Monte Carlo integrator (16 samples per
+    pixel in all, shadow rays, the indirect bounce when training modelled it), else split-sum; both on
+    ``eval_supersample`` x ``eval_supersample`` sub-pixels under the datasets' Gaussian pixel filter. Relit
+    views: ``relight_spp`` samples per sub-pixel and strategy on the same sub-pixels."""
+    ss = cfg.eval_supersample
+    indirect = explains_interreflection(cfg)
+    shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss, indirect=indirect)
+               if explains_shadows(cfg) else ShadingSettings(integrator="splitsum", supersample=ss))
+    return shading, {"spp": cfg.relight_spp, "supersample": ss, "seed": cfg.seed, "indirect": indirect}
+
+
 def _search_downscale(size) -> int:
     """Half resolution for the roughness search when the images are at least 128 px and of even size."""
     h, w = int(size[0]), int(size[1])
@@ -196,13 +212,7 @@ class MeshPBRMethod(MeshMethod):
     name = "mesh-pbr"
 
     def render_settings(self) -> RenderSettings:
-        # Evaluation shades like training: with self-shadowing (shadow_samples or mc_steps) the Monte Carlo
-        # integrator (16 samples per pixel, shadow rays), else split-sum; eval_supersample x eval_supersample
-        # sub-pixels under the datasets' Gaussian pixel filter.
-        ss = self.cfg.eval_supersample
-        shading = (ShadingSettings(integrator="mc", spp=max(1, 16 // (ss * ss)), supersample=ss,
-                                   indirect=explains_interreflection(self.cfg))
-                   if explains_shadows(self.cfg) else ShadingSettings(integrator="splitsum", supersample=ss))
+        shading, _ = evaluation_plan(self.cfg)
         return RenderSettings(channels=("rgb", "alpha"), backend=self.cfg.backend, shading=shading,
                               fields=FieldSettings(method="sphere"))  # an SDF topology stage (sdf-pbr)
 
@@ -467,8 +477,7 @@ class MeshPBRMethod(MeshMethod):
         from recon.evaluate_pbr import evaluate_inverse_rendering
 
         ir = evaluate_inverse_rendering(scene, self.data, self.eval_background, downscale=self.cfg.downscale,
-                                        spp=self.cfg.relight_spp, supersample=self.cfg.eval_supersample,
-                                        seed=self.cfg.seed, indirect=explains_interreflection(self.cfg))
+                                        **evaluation_plan(self.cfg)[1])
         if ir is not None:
             summary["inverse_rendering"] = ir
 
