@@ -3,11 +3,14 @@ map with recon's shading and compare with the Mitsuba test images (sRGB over whi
 and over the object's pixels (test alpha > 0.5), per integrator, and seconds per view.
 
     python bench/forward.py --out bench/results/forward.json [--scenes bob_field,armadillo_field]
-        [--views 0,1,...] [--spp 16] [--supersample 2] [--no-indirect] [--skip-splitsum]
+        [--views 0,1,...] [--spp 16] [--supersample 2] [--no-indirect] [--skip-mc] [--skip-splitsum] [--skip-training]
 
 The Monte Carlo settings default to what reaches the 36 dB bar (16 spp per strategy at 2 x 2 sub-pixel samples
 under the Gaussian pixel filter, one bounce of indirect light); the split-sum integrator renders at one sample
-per pixel. Data: $RECON_TEST_DATA/synthetic/<scene> (default ../shared/data).
+per pixel. `training` is the shading mesh-pbr / sdf-pbr optimize through: split-sum made self-shadowing by the
+per-vertex transfer (64 shadow rays per vertex, spherical harmonics to band 3) plus the per-vertex bounce of
+interreflection (recon.train.mesh_pbr.vertex_indirect), at the Monte Carlo runs' sub-pixel samples. Data:
+$RECON_TEST_DATA/synthetic/<scene> (default ../shared/data).
 """
 
 from __future__ import annotations
@@ -28,6 +31,39 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return -10.0 * math.log10(max(float(((a - b) ** 2).mean()), 1e-12))
 
 
+def training_shader(scene, settings, shadow_samples: int = 64):
+    """A renderer of ``scene`` (a LitScene of a mesh) with mesh-pbr's training shading (module docstring), and
+    the seconds its transfer and bounce took."""
+    from recon.renderers.mesh.raycast import RayCaster
+    from recon.renderers.mesh.render import mesh_arrays, render_mesh_arrays
+    from recon.scenes.mesh import vertex_normals
+    from recon.shading.prt import bounce_matrix, diffuse_transfer
+    from recon.train.mesh_pbr import vertex_indirect
+
+    t0 = time.perf_counter()
+    arrays = mesh_arrays(scene.geometry)
+    verts, faces = arrays.vertices.float(), arrays.faces
+    transfer, bounce = diffuse_transfer(verts, vertex_normals(verts, faces), RayCaster(verts.contiguous(), faces),
+                                        samples=shadow_samples, bounce_mesh=(verts, faces))
+    arrays.transfer = transfer
+    with torch.no_grad():
+        arrays.indirect = vertex_indirect(arrays, bounce_matrix(bounce, faces, len(verts)), scene.light)
+    setup = time.perf_counter() - t0
+    n = settings.shading.supersample
+
+    def draw(cam):
+        # n x n sub-pixel samples under the datasets' pixel filter, as recon.renderers.lit does for LitScenes.
+        from recon.renderers.lit import _gaussian_resample
+
+        out = render_mesh_arrays(arrays, cam.scaled(n) if n > 1 else cam, settings, shading="pbr",
+                                 light=scene.light)
+        if n > 1:
+            out.rgb = _gaussian_resample(out.rgb, n)
+        return out
+
+    return draw, setup
+
+
 def bench_scene(scene_name: str, views: list[int] | None, configs: dict) -> dict:
     from recon.data.load import load_dataset
     from recon.export.mesh_io import load_mesh
@@ -42,11 +78,13 @@ def bench_scene(scene_name: str, views: list[int] | None, configs: dict) -> dict
     out = {}
     for name, shading in configs.items():
         settings = RenderSettings(background=torch.ones(3), channels=("rgb", "alpha"), shading=shading)
+        draw, setup = (training_shader(scene, settings) if name == "training"
+                       else ((lambda cam: render(scene, cam, settings)), 0.0))
         full, fg, secs = [], [], []
         for i in idx:
             t0 = time.perf_counter()
             with torch.no_grad():
-                rgb = render(scene, data.test.cameras[i], settings).rgb[0].clamp(0.0, 1.0)
+                rgb = draw(data.test.cameras[i]).rgb[0].clamp(0.0, 1.0)
             secs.append(time.perf_counter() - t0)
             img = torch.as_tensor(data.test.images[i])
             alpha = img[..., 3:]
@@ -55,7 +93,7 @@ def bench_scene(scene_name: str, views: list[int] | None, configs: dict) -> dict
             full.append(_psnr(rgb, gt))
             fg.append(_psnr(rgb[mask], gt[mask]))
         out[name] = {"psnr_full": sum(full) / len(full), "psnr_fg": sum(fg) / len(fg),
-                     "seconds_per_view": sum(secs) / len(secs), "views": idx,
+                     "seconds_per_view": sum(secs) / len(secs), "setup_seconds": setup, "views": idx,
                      "psnr_full_per_view": full, "psnr_fg_per_view": fg, "settings": shading.__dict__}
         print(f"{scene_name:>16s}  {name:>9s}  full {out[name]['psnr_full']:6.2f} dB  fg {out[name]['psnr_fg']:6.2f} dB"
               f"  {out[name]['seconds_per_view']:6.2f} s/view", flush=True)
@@ -72,12 +110,18 @@ def main() -> None:
     ap.add_argument("--spp", type=int, default=16)
     ap.add_argument("--supersample", type=int, default=2)
     ap.add_argument("--no-indirect", action="store_true")
+    ap.add_argument("--skip-mc", action="store_true")
     ap.add_argument("--skip-splitsum", action="store_true")
+    ap.add_argument("--skip-training", action="store_true", help="leave out the training shader")
     a = ap.parse_args()
-    configs = {"mc": ShadingSettings(integrator="mc", spp=a.spp, supersample=a.supersample,
-                                     indirect=not a.no_indirect)}
+    configs = {}
+    if not a.skip_mc:
+        configs["mc"] = ShadingSettings(integrator="mc", spp=a.spp, supersample=a.supersample,
+                                        indirect=not a.no_indirect)
     if not a.skip_splitsum:
         configs["splitsum"] = ShadingSettings(integrator="splitsum")
+    if not a.skip_training:
+        configs["training"] = ShadingSettings(integrator="splitsum", supersample=a.supersample)
     views = [int(v) for v in a.views.split(",")] if a.views else None
     result = {"torch_threads": torch.get_num_threads(), "scenes": {}}
     for s in a.scenes.split(","):

@@ -59,9 +59,9 @@ class SourceArgs:
     "auto": mc for relight and for runs whose training explained self-shadowing (mesh-pbr's shadow_samples or
     mc_steps, as their own evaluation does), splitsum otherwise."""
     spp: int | None = None
-    """Monte Carlo samples per pixel and strategy (light, BRDF). Default: for `recon eval` of a PBR run, what the
-    run's own final evaluation used (mesh-pbr: 16 in all over the sub-pixels for novel views, `relight_spp` for
-    relit views); 64 otherwise."""
+    """Monte Carlo samples per sub-pixel and strategy (light, BRDF). Default: for `recon eval` of a PBR run, what
+    the run's own final evaluation used (mesh-pbr: 16 // eval_supersample^2 for novel views, `relight_spp` for
+    relit views; unchanged by --supersample); 64 otherwise."""
     supersample: int | None = None
     """Shade N x N sub-pixel samples per pixel (anti-aliasing like a path tracer's pixel filter). Default: for
     `recon eval` of a PBR run, the run's `eval_supersample`; 1 otherwise."""

@@ -86,7 +86,7 @@ def test_mesh_pbr_round_trip_and_schema1_runs_keep_their_behaviour(tmp_path):
     body = yaml.safe_load((tmp_path / "config.yaml").read_text())
     body["schema_version"] = 1
     for key in ("interreflection", "light_warmup", "roughness_search", "roughness_search_spp",
-                "roughness_candidates", "albedo_zero_shrink", "albedo_zero_below"):
+                "roughness_candidates", "albedo_zero_shrink", "albedo_zero_below", "lambda_albedo_normal"):
         del body["optim"][key]
     del body["model"]["init_albedo"]
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(body))
@@ -106,6 +106,10 @@ def test_mesh_pbr_round_trip_and_schema1_runs_keep_their_behaviour(tmp_path):
     (tmp_path / "sdf-v2.yaml").write_text(yaml.safe_dump(sdf_body))
     method, sdf_v2 = load_config_file(tmp_path / "sdf-v2.yaml")
     assert method == "sdf-pbr" and sdf_v2.optim.albedo_zero_shrink == 0.0
+    assert sdf_v2.optim.lambda_albedo_normal == 0.0  # nor the albedo-orientation prior (sdf-pbr's default 0.5)
+    del sdf_body["schema_version"]
+    (tmp_path / "sdf-preset.yaml").write_text(yaml.safe_dump(sdf_body))
+    assert load_config_file(tmp_path / "sdf-preset.yaml")[1].optim.lambda_albedo_normal == 0.5
     del body["schema_version"]  # a preset: today's defaults
     (tmp_path / "preset.yaml").write_text(yaml.safe_dump(body))
     _, preset = load_config_file(tmp_path / "preset.yaml")

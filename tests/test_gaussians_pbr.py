@@ -132,6 +132,13 @@ def test_train_gaussians_pbr_end_to_end(tmp_path, test_data):
     assert ir["albedo_psnr"] > 17.0 and ir["normal_mae_deg"] < 20.0
     assert ir["roughness_mae"] < 0.4 and set(ir["relight"]) == {"pisa", "doge2"}
     assert (run / "exports" / "light.hdr").is_file() and (run / "exports" / "scene.ply").is_file()
+    # `recon eval RUN` shades as the run's final evaluation did (split-sum with the baked shadows).
+    assert main(["eval", str(run), "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert abs(again["psnr"] - summary["psnr"]) < 0.05, (again["psnr"], summary["psnr"])
+    for key in ("albedo_psnr", "normal_mae_deg", "relight_psnr"):
+        assert abs(again["inverse_rendering"][key] - ir[key]) < 0.05, key
+    assert again["inverse_rendering"]["relight_integrator"] == ir["relight_integrator"]
     out = tmp_path / "rl"
     assert main(["relight", str(run), "--envmap", str(data / "envmaps" / "pisa.hdr"), "--out", str(out),
                  "--spp", "2", "--split", "test"]) == 0

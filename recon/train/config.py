@@ -17,7 +17,7 @@ SCHEMA_VERSION = 3
 # the behaviour it was trained with, not today's defaults (so `recon eval` / `--resume` of an old run stay what
 # they were). Keyed by the last schema without the fields.
 # A config of schema v gets the entries of every key >= v.
-_SCHEMA2_PBR = {"optim": {"albedo_zero_shrink": 0.0}}
+_SCHEMA2_PBR = {"optim": {"albedo_zero_shrink": 0.0, "lambda_albedo_normal": 0.0}}
 _OLD_DEFAULTS = {
     1: {"mesh-pbr": {"model": {"init_albedo": "stage1"},
                      "optim": {"interreflection": False, "light_warmup": 0, "roughness_search": 0}}},
@@ -484,10 +484,10 @@ class MeshPBROptimConfig(MeshOptimConfig):
     """Fraction of a texel's brightest base-color channel under which `albedo_zero_shrink` acts on its other
     channels."""
     lambda_albedo_normal: float = 0.0
-    """Weight of the albedo-orientation prior: the part of the log base color (per channel, at the covered
-    pixels of each step's views) that band-3 spherical harmonics of the surface normal explain, as a mean
-    square. A light wrong by a factor f(n) and a base color times f(n) render the same diffuse images; the
-    prior hands that part to the light (recon.train.mesh_pbr.albedo_normal_correlation). 0: off."""
+    """Weight of the albedo-orientation prior: the part of the log base-color brightness (the channels' mean, at
+    the covered pixels of each step's views) that band-3 spherical harmonics of the surface normal explain, as
+    a mean square. A light wrong by a factor f(n) and a base color times f(n) render the same diffuse images;
+    the prior hands that part to the light (recon.train.mesh_pbr.albedo_normal_correlation). 0: off."""
     light_warmup: int = 200
     """First steps of the material stage in which base color and roughness-metallic hold still while the light
     (and the vertices) learn: per-texel base colors adapt faster than a light can, and would otherwise absorb
@@ -566,6 +566,10 @@ class SDFPBROptimConfig(MeshPBROptimConfig):
     geometry_steps: int = 2000
     """Steps of the neural-SDF stage (NeuS volume rendering); the remaining max_steps are the material stage
     (1500 left armadillo_field's SDF at 28.6 dB, docs/inverse_rendering.md)."""
+    lambda_albedo_normal: float = 0.5
+    """Weight of the albedo-orientation prior (as for mesh-pbr, where it is off by default): at 0.5 the bench's
+    albedo rises 15.45 -> 18.34 dB on armadillo_field and 23.60 -> 24.02 dB on bob_field, relighting
+    21.63 -> 24.03 and 29.66 -> 30.15 dB (docs/inverse_rendering.md)."""
 
 
 @dataclass

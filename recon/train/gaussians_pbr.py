@@ -42,7 +42,7 @@ from recon.train.densify import DensifyStrategy
 from recon.train.gaussians import GaussianMethod, build_optimizer, means_lr
 from recon.train.mesh_pbr import light_white_prior
 
-__all__ = ["GaussianPBRMethod", "depth_normal_loss", "edge_aware_tv", "normals_from_depth"]
+__all__ = ["GaussianPBRMethod", "depth_normal_loss", "edge_aware_tv", "evaluation_plan", "normals_from_depth"]
 
 _GEOMETRY = ("means", "quats", "log_scales", "opacity_logits")
 

@@ -27,16 +27,16 @@ from pathlib import Path
 import torch
 
 from recon.renderers import FieldSettings, RenderSettings, ShadingSettings
-from recon.renderers.mesh.render import MeshArrays, render_mesh_arrays
+from recon.renderers.mesh.render import DEFAULT_GRAY, MeshArrays, render_mesh_arrays
 from recon.scenes.lit import LitScene
 from recon.scenes.mesh import MeshMaterial, MeshScene
 from recon.shading.envmap import EnvLight
 from recon.shading.prt import TRANSFER_CHANNELS
 from recon.train.mesh import GEOMETRY, MeshMethod
 
-__all__ = ["MeshPBRMethod", "SDFPBRMethod", "albedo_normal_correlation", "explains_interreflection",
-           "explains_shadows", "light_white_prior", "monochrome_shading_loss", "search_roughness", "shrink_small",
-           "total_variation"]
+__all__ = ["MeshPBRMethod", "SDFPBRMethod", "albedo_normal_correlation", "evaluation_plan",
+           "explains_interreflection", "explains_shadows", "light_white_prior", "monochrome_shading_loss",
+           "search_roughness", "shrink_small", "total_variation", "vertex_indirect"]
 
 
 def explains_shadows(cfg) -> bool:
@@ -75,46 +75,78 @@ def monochrome_shading_loss(shading: torch.Tensor, images: torch.Tensor) -> torc
 
 def albedo_normal_correlation(albedo: torch.Tensor, normal: torch.Tensor, weight: torch.Tensor,
                               floor: float = 0.02) -> torch.Tensor:
-    """How much of the base color is a function of the surface orientation: per channel, the weighted
-    least-squares fit of ``log(albedo_c)`` by the real spherical harmonics of the normal up to band 3
-    (:func:`recon.shading.prt.sh_basis`), and the weighted mean square of the fitted part without its constant,
-    averaged over the channels.
+    """How much of the base color's brightness is a function of the surface orientation: the weighted
+    least-squares fit of ``log(mean_c albedo_c)`` by the real spherical harmonics of the normal up to band 3
+    (:func:`recon.shading.prt.sh_basis`) with a free constant, and the weighted mean square of the fitted part
+    without that constant.
 
     ``albedo [..., 3]`` linear, ``normal [..., 3]`` unit world normals, ``weight [..., 1]`` (0 off the object).
-    Pixels where a channel is under ``floor`` do not count for that channel (a log of ~0 says nothing about
-    shading). Gradients reach the albedo only (the normals and the weights are constants).
+    Pixels whose brightness is under ``floor`` do not count (a log of ~0 says nothing about shading). Gradients
+    reach the albedo only (the normals and the weights are constants).
 
     Why: with a free base color per texel, a light whose irradiance is off by a factor ``f(n)`` of the normal
     and a base color times ``f(n)`` render the same diffuse images; what breaks the tie (specular, shadows,
-    interreflection) is weak, so the base color takes up part of the light's error (bob_field's sdf-pbr base
-    color: 67-71 % of its log error is such a function of the normal). The true base color of an object is
-    not, in general, a function of where its surface faces; penalizing that part hands it to the light."""
+    interreflection) is weak, so the base color takes up part of the light's error (bob_field: its learned
+    light 8 times too bright from below, the base color of the downward faces as much too dark, 74 % of the
+    albedo error on 8 % of the pixels). The true base color of an object is not, in general, a function of
+    where its surface faces; penalizing that part hands it to the light. Brightness only: a fit per channel
+    also lets a constant tint into the base color (light and base color then trade their colors, which no
+    function of the normal shows), measured in docs/inverse_rendering.md."""
     from recon.shading.prt import sh_basis
 
-    a = albedo.reshape(-1, 3)
     keep = weight.detach().reshape(-1) > 0
-    a = a[keep]
-    w = weight.detach().reshape(-1, 1)[keep].double()
+    a = albedo.reshape(-1, 3)[keep].mean(-1, keepdim=True)
+    w = weight.detach().reshape(-1, 1)[keep].double() * (a.detach() > floor)
     basis = sh_basis(normal.detach().reshape(-1, 3)[keep].double())[:, 1:]  # [P, 15]: bands 1..3
-    total = albedo.new_zeros(())
-    for c in range(3):
-        wc = w * (a[:, c:c + 1].detach() > floor)
-        mass = float(wc.sum())
-        if int((wc > 0).sum()) < 10 * (basis.shape[1] + 1):  # too few samples to say what the normal explains
-            continue
-        y = torch.log(a[:, c:c + 1].clamp_min(floor)).double()
-        # An unpenalized intercept: center by the weighted means, so no share of a constant leaks into bands
-        # 1..3 (normals that cover only part of the sphere make them far from orthogonal to it).
-        b_mean = (wc * basis).sum(0, keepdim=True) / mass
-        y_mean = (wc * y).sum() / mass
-        bc, yc = basis - b_mean, y - y_mean
-        gram = bc.T @ (wc * bc)
-        gram = gram + 1e-6 * float(gram.diagonal().mean().clamp_min(1e-12)) * torch.eye(
-            gram.shape[0], dtype=gram.dtype, device=gram.device)
-        coef = torch.linalg.solve(gram, bc.T @ (wc * yc))
-        fitted = bc @ coef
-        total = total + ((wc * fitted * fitted).sum() / mass).to(total.dtype)
-    return total / 3
+    mass = float(w.sum())
+    if int((w > 0).sum()) < 10 * (basis.shape[1] + 1):  # too few samples to say what the normal explains
+        return albedo.new_zeros(())
+    y = torch.log(a.clamp_min(floor)).double()
+    # An unpenalized intercept: center by the weighted means, so no share of a constant leaks into bands 1..3
+    # (normals that cover only part of the sphere make them far from orthogonal to it).
+    bc = basis - (w * basis).sum(0, keepdim=True) / mass
+    yc = y - (w * y).sum() / mass
+    gram = bc.T @ (w * bc)
+    gram = gram + 1e-6 * float(gram.diagonal().mean().clamp_min(1e-12)) * torch.eye(
+        gram.shape[0], dtype=gram.dtype, device=gram.device)
+    fitted = bc @ torch.linalg.solve(gram, bc.T @ (w * yc))
+    return ((w * fitted * fitted).sum() / mass).to(albedo.dtype)
+
+
+def vertex_indirect(arrays: MeshArrays, bounce_matrix: torch.Tensor, light, backend: str = "auto") -> torch.Tensor:
+    """Per-vertex irradiance ``[V, 3]`` of one bounce of diffuse interreflection (the split-sum integrator's
+    ``MeshArrays.indirect``): the direct irradiance at each vertex from its self-shadowed transfer
+    (``arrays.transfer``) under ``light``, times the diffuse reflectance there, carried by the sparse
+    ``bounce_matrix`` (:func:`recon.shading.prt.bounce_matrix`) to the vertices that see it. The reflectance at
+    a vertex is the mean over its face corners of the base color times (1 - metallic) (texture lookups, or
+    the vertex colors of a mesh without texture coordinates, or the renderer's gray without either): the
+    bounce is smooth, and this keeps a training step's cost at one sparse product. Differentiable w.r.t. the light and the base color."""
+    from recon.renderers.mesh.texture import texture
+    from recon.shading.prt import SH_COEFFS, light_sh
+
+    faces = arrays.faces.long()
+    V = len(arrays.vertices)
+    dev = arrays.vertices.device
+    direct = (arrays.transfer[:, :SH_COEFFS] @ light_sh(light)).clamp_min(0)  # [V, 3] at the vertices
+    factor = arrays.color_factor if arrays.color_factor is not None else torch.ones(3, device=dev)
+    if arrays.uvs is not None and arrays.base_color is not None:
+        uv = arrays.uvs[arrays.uv_faces.long()].reshape(1, 1, -1, 2).contiguous()  # every face corner
+        base = texture(arrays.base_color.clamp(0, 1), uv, filter_mode="linear", backend=backend).reshape(-1, 3)
+        if arrays.roughness_metallic is not None:
+            rm = texture(arrays.roughness_metallic.clamp(0, 1), uv, filter_mode="linear",
+                         backend=backend).reshape(-1, 2)
+            metallic = rm[:, 1:2] * arrays.metallic_factor
+        else:
+            metallic = torch.as_tensor(arrays.metallic_factor, device=dev).reshape(1, 1).float()
+        rho = base * factor * (1 - metallic)
+    else:
+        colors = (arrays.vertex_colors if arrays.vertex_colors is not None
+                  else torch.full((V, 3), DEFAULT_GRAY, device=dev))  # the renderer's color for such meshes
+        rho = colors[faces.reshape(-1)] * factor * (1 - torch.as_tensor(arrays.metallic_factor, device=dev))
+    idx = faces.reshape(-1)
+    count = torch.zeros(V, 1, device=dev).index_add_(0, idx, torch.ones(len(idx), 1, device=dev)).clamp_min(1)
+    rho_v = torch.zeros(V, 3, device=dev, dtype=rho.dtype).index_add(0, idx, rho) / count
+    return torch.sparse.mm(bounce_matrix, rho_v * direct)
 
 
 def light_white_prior(radiance: torch.Tensor) -> torch.Tensor:
@@ -268,30 +300,14 @@ class MeshPBRMethod(MeshMethod):
 
         self.bounce = bounce.to(self.device)
         self.bounce_matrix = bounce_matrix(self.bounce, self.faces, len(self.base_vertices))
-        # Face corners per vertex (fixed in this stage), for the per-vertex mean reflectance of each step.
-        idx = self.faces.reshape(-1)
-        self.corner_count = torch.zeros(len(self.base_vertices), 1, device=self.device).index_add_(
-            0, idx, torch.ones(len(idx), 1, device=self.device)).clamp_min(1)
 
-    def _indirect(self) -> torch.Tensor | None:
-        """Per-vertex irradiance of one bounce of interreflection (recon.shading.prt.bounce_matrix) under the
-        current light and base color, differentiable w.r.t. both; None without ``optim.interreflection``.
-        The reflectance at a hit is interpolated from per-vertex values (the mean of the texture over a vertex's
-        corners): the bounce is smooth, and this keeps a step's cost at one sparse product."""
+    def _indirect(self, arrays: MeshArrays) -> torch.Tensor | None:
+        """Per-vertex irradiance of one bounce of interreflection under the current light and base color
+        (:func:`vertex_indirect`), differentiable w.r.t. both; None without ``optim.interreflection``."""
         if self.bounce is None or self.transfer is None:
             return None
-        from recon.renderers.mesh.texture import texture
-        from recon.shading.prt import SH_COEFFS, light_sh
-
-        V = len(self.base_vertices)
-        direct = (self.transfer[:, :SH_COEFFS] @ light_sh(self.light)).clamp_min(0)  # [V, 3] at the vertices
-        uv = self.uvs[self.uv_faces].reshape(1, 1, -1, 2).contiguous()  # every face corner
         backend = self.cfg.backend if self.cfg.backend in ("torch", "cpu") else "auto"
-        corner = texture(torch.cat([self.texture.clamp(0, 1), self.material.clamp(0, 1)], -1), uv,
-                         filter_mode="linear", backend=backend).reshape(-1, 5)
-        rho = corner[:, :3] * (1 - corner[:, 4:5])
-        rho_v = torch.zeros(V, 3, device=self.device).index_add(0, self.faces.reshape(-1), rho) / self.corner_count
-        return torch.sparse.mm(self.bounce_matrix, rho_v * direct)
+        return vertex_indirect(arrays, self.bounce_matrix, self.light, backend=backend)
 
     def state(self) -> dict:
         state = super().state()
@@ -373,7 +389,7 @@ class MeshPBRMethod(MeshMethod):
                                       indirect=explains_interreflection(self.cfg))
         else:
             shading = ShadingSettings(integrator="splitsum")  # the loop's settings may be the evaluation's MC
-            arrays.indirect = self._indirect()  # only split-sum reads it (Monte Carlo traces its own bounce)
+            arrays.indirect = self._indirect(arrays)  # only split-sum reads it (Monte Carlo traces its own bounce)
         settings = replace(settings, shading=shading)
         if o.lambda_shading > 0:
             settings = replace(settings, channels=(*settings.channels, "shading"))
