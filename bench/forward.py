@@ -34,6 +34,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def training_shader(scene, settings, shadow_samples: int = 64):
     """A renderer of ``scene`` (a LitScene of a mesh) with mesh-pbr's training shading (module docstring), and
     the seconds its transfer and bounce took."""
+    from recon.renderers.lit import render_supersampled
     from recon.renderers.mesh.raycast import RayCaster
     from recon.renderers.mesh.render import mesh_arrays, render_mesh_arrays
     from recon.scenes.mesh import vertex_normals
@@ -49,17 +50,11 @@ def training_shader(scene, settings, shadow_samples: int = 64):
     with torch.no_grad():
         arrays.indirect = vertex_indirect(arrays, bounce_matrix(bounce, faces, len(verts)), scene.light)
     setup = time.perf_counter() - t0
-    n = settings.shading.supersample
 
     def draw(cam):
-        # n x n sub-pixel samples under the datasets' pixel filter, as recon.renderers.lit does for LitScenes.
-        from recon.renderers.lit import _gaussian_resample
-
-        out = render_mesh_arrays(arrays, cam.scaled(n) if n > 1 else cam, settings, shading="pbr",
-                                 light=scene.light)
-        if n > 1:
-            out.rgb = _gaussian_resample(out.rgb, n)
-        return out
+        # Sub-pixel samples under the datasets' pixel filter, as for any LitScene.
+        return render_supersampled(lambda cams, s: render_mesh_arrays(arrays, cams, s, shading="pbr",
+                                                                       light=scene.light), cam, settings)
 
     return draw, setup
 

@@ -19,7 +19,7 @@ from recon.renderers.interface import RenderOutput, RenderSettings, register_ren
 from recon.scenes.lit import LitScene
 from recon.scenes.mesh import MeshScene
 
-__all__ = ["render_lit"]
+__all__ = ["render_lit", "render_supersampled"]
 
 
 def _render_once(scene: LitScene, cameras: Cameras, settings: RenderSettings) -> RenderOutput:
@@ -39,16 +39,23 @@ def _render_once(scene: LitScene, cameras: Cameras, settings: RenderSettings) ->
 @register_renderer(LitScene)
 def render_lit(scene: LitScene, cameras: Cameras, settings: RenderSettings) -> RenderOutput:
     """Render ``scene`` shaded by its light; outputs as for the geometry (rgb sRGB over the background)."""
+    return render_supersampled(lambda cams, s: _render_once(scene, cams, s), cameras, settings)
+
+
+def render_supersampled(draw, cameras: Cameras, settings: RenderSettings) -> RenderOutput:
+    """``draw(cameras, settings) -> RenderOutput`` at ``settings.shading.supersample`` x that many sub-pixel
+    samples per pixel, color and alpha resampled under the pixel filter (module docstring); the other channels
+    come from a pixel-center pass."""
     n = int(settings.shading.supersample)
     if n < 1:
         raise ValueError(f"ShadingSettings.supersample must be >= 1, got {n}")
     if n == 1:
-        return _render_once(scene, cameras, settings)
-    big = _render_once(scene, cameras.scaled(n), replace(settings, channels=("rgb", "alpha")))
+        return draw(cameras, settings)
+    big = draw(cameras.scaled(n), replace(settings, channels=("rgb", "alpha")))
     extra = tuple(c for c in settings.channels if c not in ("rgb", "alpha"))
     # The pixel-center pass only supplies the G-buffer channels; its color is discarded, so shade it cheaply.
     cheap = replace(settings.shading, spp=1, indirect=False)
-    out = _render_once(scene, cameras, replace(settings, channels=extra, shading=cheap)) if extra else RenderOutput()
+    out = draw(cameras, replace(settings, channels=extra, shading=cheap)) if extra else RenderOutput()
     out.rgb, out.alpha = _gaussian_resample(big.rgb, n), _gaussian_resample(big.alpha, n)
     return out
 
