@@ -514,3 +514,34 @@ def test_vertex_indirect_reflectance_from_textures_or_vertex_colors():
     textured.roughness_metallic = torch.ones(4, 4, 2)
     with torch.no_grad():
         assert vertex_indirect(textured, bounce, light, backend="torch").abs().max() == 0
+
+
+def test_light_error_script(pbr_run):
+    """scripts/light_error.py: a constant light of radiance L gives irradiance pi L along every axis (the
+    cosine lobe of the SH projection); on a run it prints the true and learned irradiance along the six axes and
+    the base color's error split by the normal's z, whose shares of pixels and of error each sum to 100 %."""
+    import importlib.util
+    import re
+    import subprocess
+    import sys
+
+    from recon.shading.envmap import EnvLight
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "light_error.py"
+    spec = importlib.util.spec_from_file_location("light_error", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dirs = torch.tensor(list(module.AXES.values()), dtype=torch.float64)
+    e = module.irradiance(EnvLight.constant((1.0, 0.5, 0.25), height=16), dirs)
+    torch.testing.assert_close(e, math.pi * torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64).expand(6, 3),
+                               rtol=5e-3, atol=0)  # texel quadrature at 16 rows: 0.2 %
+    run = subprocess.run([sys.executable, str(path), str(pbr_run)], capture_output=True, text=True, check=True)
+    lines = run.stdout.splitlines()
+    assert sum(line.lstrip().startswith(("+", "-")) and "true" in line for line in lines) == 6, run.stdout
+    # The synthetic sets' field light is nearly black from below.
+    below = next(line for line in lines if line.lstrip().startswith("-Z"))
+    assert all(float(v) < 0.1 for v in below.split("true")[1].split("learned")[0].split()), below
+    shares = [re.findall(r"([\d.]+)% of the", line) for line in lines if line.lstrip().startswith("n_z")]
+    assert len(shares) == 4
+    for k in range(2):
+        assert abs(sum(float(s[k]) for s in shares) - 100.0) < 0.5, shares

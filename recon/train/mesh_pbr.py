@@ -87,8 +87,8 @@ def albedo_normal_correlation(albedo: torch.Tensor, normal: torch.Tensor, weight
     Why: with a free base color per texel, a light whose irradiance is off by a factor ``f(n)`` of the normal
     and a base color times ``f(n)`` render the same diffuse images; what breaks the tie (specular, shadows,
     interreflection) is weak, so the base color takes up part of the light's error (bob_field: its learned
-    light 8 times too bright from below, the base color of the downward faces as much too dark, 74 % of the
-    albedo error on 8 % of the pixels). The true base color of an object is not, in general, a function of
+    light 8 times too bright from below, the base color of the downward faces as much too dark, 85 % of the
+    albedo error on 7.6 % of the pixels; scripts/light_error.py). The true base color of an object is not, in general, a function of
     where its surface faces; penalizing that part hands it to the light. Brightness only: a fit per channel
     also lets a constant tint into the base color (light and base color then trade their colors, which no
     function of the normal shows), measured in docs/inverse_rendering.md."""
